@@ -1,0 +1,251 @@
+"""The node's one typed settings object, loaded from YAML and the environment.
+
+A site configures cxr-node with a YAML file (``cxr-node --config FILE`` or the
+``CXR_NODE_CONFIG`` variable) and may override any key with an environment variable
+``CXR_NODE_<SECTION>__<KEY>`` (for example ``CXR_NODE_DICOM__PORT=11200``), which is how
+containers and tests set ports and paths. Everything is validated at start-up: a wrong
+value stops the process with a message that names the key, rather than failing later on
+the first association that needs it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "CXR_NODE_"
+CONFIG_ENV_VAR = "CXR_NODE_CONFIG"
+
+# PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or
+# control characters; leading and trailing spaces are not significant.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+# PS3.5 9.1: a UID is dot-separated digit groups, at most 64 characters.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(stripped):
+        raise ValueError(f'"{value}" is not a valid AE title (1-16 printable characters, no "\\")')
+    return stripped
+
+
+class Peer(_Section):
+    """A calling AE title allowed to associate, and the addresses it may come from."""
+
+    ae_title: str
+    hosts: list[str] = Field(min_length=1)
+
+    _check_title = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError as exc:
+                raise ValueError(f'"{host}" is not an IP address or network') from exc
+        return hosts
+
+    def allows(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(h, strict=False) for h in self.hosts)
+
+
+class TlsSettings(_Section):
+    """DICOM TLS (PS3.15 B.1): TLS 1.2 or later, and peers must present a certificate."""
+
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+
+    @model_validator(mode="after")
+    def _files_present(self) -> TlsSettings:
+        if not self.enabled:
+            return self
+        for name in ("certificate", "private_key", "ca_certificates"):
+            path = getattr(self, name)
+            if path is None:
+                raise ValueError(f"{name} is required when TLS is enabled")
+            if not Path(path).is_file():
+                raise ValueError(f'{name} "{path}" is not a readable file')
+        return self
+
+
+class DicomSettings(_Section):
+    """The listener: identity, who may connect, and the limits that protect the node."""
+
+    ae_title: str = "CXRNODE"
+    bind_address: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    peers: list[Peer] = Field(default_factory=list)
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    # Largest P-DATA PDU we accept (PS3.8 9.3.1); a PDU declaring more aborts the association.
+    max_pdu_bytes: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)
+    acse_timeout_seconds: float = Field(default=30.0, gt=0)
+    dimse_timeout_seconds: float = Field(default=60.0, gt=0)
+    network_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_instance_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    min_free_disk_bytes: int = Field(default=2 * 1024**3, ge=0)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    _check_title = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("bind_address")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f'"{value}" is not an IP address') from exc
+        return value
+
+    def peer(self, ae_title: str) -> Peer | None:
+        wanted = ae_title.strip()
+        return next((p for p in self.peers if p.ae_title == wanted), None)
+
+
+class StorageSettings(_Section):
+    """Where files and state live. The database URL defaults to SQLite under data_dir."""
+
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    sqlite_busy_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cxr-node.sqlite3').resolve()}"
+
+
+class CompletionSettings(_Section):
+    """When a study counts as complete: no open association and a quiet period."""
+
+    study_quiet_seconds: float = Field(default=2.0, ge=0)
+    check_interval_seconds: float = Field(default=0.25, gt=0, le=60)
+
+
+class NodeSettings(_Section):
+    """The node's identity, stamped into what it produces and used to recognise it."""
+
+    device_name: str = "cxr-node"
+    # Empty: derived from the AE title, stable across restarts (see Settings.device_uid).
+    device_uid: str | None = None
+
+    @field_validator("device_uid")
+    @classmethod
+    def _check_uid(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 64 or not _UID.match(value)):
+            raise ValueError(f'"{value}" is not a DICOM UID (digits and dots, at most 64)')
+        return value
+
+
+class LoggingSettings(_Section):
+    level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f'"{value}" is not one of DEBUG, INFO, WARNING, ERROR')
+        return upper
+
+
+class Settings(_Section):
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @property
+    def device_uid(self) -> str:
+        """The configured device UID, or one derived from the AE title (a 2.25 UUID UID)."""
+        if self.node.device_uid:
+            return self.node.device_uid
+        derived = uuid.uuid5(uuid.NAMESPACE_OID, f"cxr-node/{self.dicom.ae_title}")
+        return f"2.25.{derived.int}"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``CXR_NODE_DICOM__PORT=1`` -> ``{"dicom": {"port": "1"}}``; lists and maps as YAML."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        value: Any = yaml.safe_load(raw) if raw.lstrip().startswith(("[", "{")) else raw
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another override")
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{key}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (or ``$CXR_NODE_CONFIG``), apply environment overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or not a mapping, or any key is unknown or invalid; the
+        message names each key.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV_VAR)
+    data: dict[str, Any] = {}
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f'configuration file "{file}" does not exist')
+        loaded = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f'configuration file "{file}" must hold a mapping of sections')
+        data = loaded
+    data = _merge(data, _env_overrides(environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,106 @@
+"""The ``cxr-node`` command: the one place that wires configuration, storage and the node."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sqlalchemy import func, select
+
+from config.settings import ConfigError, Settings, load_settings
+
+LOGGER = logging.getLogger("cxr_node")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr-node", description=__doc__)
+    parser.add_argument("--config", help="YAML configuration file (default: $CXR_NODE_CONFIG, "
+                        "else built-in defaults); CXR_NODE_<SECTION>__<KEY> overrides any key")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", help="run the node: DICOM listener and study completion")
+
+    echo = commands.add_parser("echo", help="send a C-ECHO to a DICOM node")
+    echo.add_argument("host")
+    echo.add_argument("port", type=int)
+    echo.add_argument("--aet", default="CXRNODE", help="our (calling) AE title")
+    echo.add_argument("--aec", default="ANY-SCP", help="the peer's (called) AE title")
+
+    studies = commands.add_parser("studies", help="recent studies: instances, completion, jobs")
+    studies.add_argument("--limit", type=int, default=20)
+    return parser
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.logging.level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom narrates every PDU at INFO; keep its warnings and errors only.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.root.level))
+
+
+def echo(host: str, port: int, calling: str, called: str) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "no association (refused, aborted or timed out)"
+        print(f"C-ECHO to {called}@{host}:{port}: {reason}")
+        return 1
+    status = assoc.send_c_echo()
+    assoc.release()
+    if not status:
+        print(f"C-ECHO to {called}@{host}:{port}: no response")
+        return 1
+    print(f"C-ECHO to {called}@{host}:{port}: status 0x{status.Status:04X}")
+    return 0 if status.Status == 0 else 1
+
+
+def list_studies(settings: Settings, limit: int) -> int:
+    from storage.db import Database
+    from storage.models import Instance, Job, Series, Study
+
+    db = Database.connect(settings.storage.resolved_database_url(),
+                          settings.storage.sqlite_busy_timeout_seconds)
+    with db.session() as session:
+        instances = (select(func.count(Instance.id)).join(Series)
+                     .where(Series.study_id == Study.id).scalar_subquery())
+        latest_job = (select(Job.state).where(Job.study_id == Study.id)
+                      .order_by(Job.id.desc()).limit(1).scalar_subquery())
+        rows = session.execute(
+            select(Study.study_uid, Study.patient_id, instances, Study.state, Study.generation,
+                   Study.last_instance_at, latest_job)
+            .order_by(Study.last_instance_at.desc()).limit(limit)).all()
+    db.dispose()
+    print(f"{'study':<64}  {'patient':<12} {'inst':>4}  {'state':<9} {'gen':>3}  "
+          f"{'last instance (UTC)':<19}  job")
+    for uid, patient, count, state, generation, last, job in rows:
+        print(f"{uid:<64}  {(patient or '-')[:12]:<12} {count:>4}  {state:<9} {generation:>3}  "
+              f"{last:%Y-%m-%d %H:%M:%S}  {job or '-'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"cxr-node: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    if args.command == "serve":
+        from node.server import serve
+
+        return serve(settings)
+    if args.command == "echo":
+        return echo(args.host, args.port, args.aet, args.aec)
+    if args.command == "studies":
+        return list_studies(settings, args.limit)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

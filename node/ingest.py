@@ -1,0 +1,320 @@
+"""From a received byte stream to a durable, registered instance, or a clear refusal.
+
+This is the C-STORE handler's logic without the network: it decides the status the
+sender gets. Success is answered only after the file is fsynced under its final name and
+its row committed; every refusal names its reason, which goes back on the wire as the
+Error Comment, into the log and into the audit trail.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from config.settings import Settings
+from storage import audit
+from storage.audit import AuditEventId, Outcome
+from storage.db import Database
+from storage.files import DicomFileStore, IncomingFile, InvalidUID, validate_uid
+from storage.models import Instance, Series, Study, StudyState, utcnow
+from node.statuses import StoreStatus
+
+LOGGER = logging.getLogger("cxr_node.ingest")
+_REGISTER_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """What the C-STORE request and its association say about an incoming instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae_title: str
+    called_ae_title: str
+    peer_address: str
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    status: StoreStatus
+    message: str
+    study_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class _Header:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    produced_by_node: bool
+    patient_id: str | None
+    accession_number: str | None
+    study_date: str | None
+    study_description: str | None
+    modality: str | None
+    body_part_examined: str | None
+    series_description: str | None
+    series_number: int | None
+
+
+class _Refusal(Exception):
+    def __init__(self, status: StoreStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ActiveStudies:
+    """Studies that an open association of this process is sending to.
+
+    The completion monitor never completes such a study, however long the sender
+    pauses between instances.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def hold(self, study_uid: str) -> None:
+        with self._lock:
+            self._counts[study_uid] += 1
+
+    def release(self, study_uid: str) -> None:
+        with self._lock:
+            self._counts[study_uid] -= 1
+            if self._counts[study_uid] <= 0:
+                del self._counts[study_uid]
+
+    def snapshot(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._counts)
+
+
+def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str | None:
+    value = ds.get(keyword)
+    if value is None or str(value) == "":
+        return None
+    return str(value)[:limit]
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _uid(ds: pydicom.Dataset, keyword: str, name: str) -> str:
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        raise _Refusal(StoreStatus.UID_MISSING, f"{name} ({keyword}) is missing")
+    try:
+        return validate_uid(value, name)
+    except InvalidUID as exc:
+        raise _Refusal(StoreStatus.UID_INVALID, str(exc)) from None
+
+
+class Ingest:
+    """Validates, places and registers received instances."""
+
+    def __init__(self, settings: Settings, db: Database, store: DicomFileStore,
+                 active: ActiveStudies) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.active = active
+        self._device_uid = settings.device_uid
+        # One registration at a time in this process; other processes are kept honest
+        # by the unique constraints (an IntegrityError is retried).
+        self._register_lock = threading.Lock()
+
+    def store_instance(self, incoming: IncomingFile, request: StoreRequest,
+                       held: set[str]) -> StoreResult:
+        """Decide and carry out the fate of one received instance; never raises for bad input.
+
+        ``held`` is the calling association's set of studies it holds open in
+        :class:`ActiveStudies`; the caller releases them when the association ends.
+        """
+        try:
+            result = self._store(incoming, request, held)
+        except _Refusal as refusal:
+            incoming.discard()
+            result = StoreResult(refusal.status, str(refusal))
+            self._audit_refusal(request, result)
+        except BaseException:
+            incoming.discard()
+            raise
+        return result
+
+    def _store(self, incoming: IncomingFile, request: StoreRequest, held: set[str]) -> StoreResult:
+        floor = self.settings.dicom.min_free_disk_bytes
+        if self.store.free_bytes() < floor:
+            raise _Refusal(StoreStatus.OUT_OF_RESOURCES,
+                           f"free disk space on the data volume is below the configured floor "
+                           f"of {floor} bytes; retry later")
+        if incoming.oversize:
+            raise _Refusal(StoreStatus.OUT_OF_RESOURCES,
+                           f"instance of {incoming.size} bytes exceeds max_instance_bytes "
+                           f"({incoming.max_bytes})")
+        try:
+            requested_class = validate_uid(request.sop_class_uid, "Affected SOP Class UID")
+            requested_instance = validate_uid(request.sop_instance_uid, "Affected SOP Instance UID")
+        except InvalidUID as exc:
+            raise _Refusal(StoreStatus.UID_INVALID, str(exc)) from None
+        header = self._read_header(incoming)
+        if header.sop_class_uid != requested_class:
+            raise _Refusal(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                           f"data set SOP Class UID {header.sop_class_uid} differs from the "
+                           f"request's Affected SOP Class UID {requested_class}")
+        if header.sop_instance_uid != requested_instance:
+            raise _Refusal(StoreStatus.UID_DIFFERS_FROM_REQUEST,
+                           f"data set SOP Instance UID {header.sop_instance_uid} differs from "
+                           f"the request's Affected SOP Instance UID {requested_instance}")
+        if header.study_uid not in held:
+            self.active.hold(header.study_uid)
+            held.add(header.study_uid)
+        return self._place_and_register(incoming, header, request)
+
+    def _read_header(self, incoming: IncomingFile) -> _Header:
+        try:
+            ds = pydicom.dcmread(incoming.path, stop_before_pixels=True)
+            transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+            sop_class = _uid(ds, "SOPClassUID", "SOP Class UID")
+            sop_instance = _uid(ds, "SOPInstanceUID", "SOP Instance UID")
+            study = _uid(ds, "StudyInstanceUID", "Study Instance UID")
+            series = _uid(ds, "SeriesInstanceUID", "Series Instance UID")
+            return _Header(
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                study_uid=study,
+                series_uid=series,
+                transfer_syntax_uid=transfer_syntax,
+                produced_by_node=str(ds.get("DeviceUID", "")) == self._device_uid,
+                patient_id=_text(ds, "PatientID", 64),
+                accession_number=_text(ds, "AccessionNumber", 16),
+                study_date=_text(ds, "StudyDate", 8),
+                study_description=_text(ds, "StudyDescription", 64),
+                modality=_text(ds, "Modality", 16),
+                body_part_examined=_text(ds, "BodyPartExamined", 16),
+                series_description=_text(ds, "SeriesDescription", 64),
+                series_number=_int(ds, "SeriesNumber"),
+            )
+        except _Refusal:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the sender's data
+            raise _Refusal(StoreStatus.CANNOT_UNDERSTAND,
+                           f"data set cannot be decoded: {type(exc).__name__}: {exc}") from None
+
+    def _place_and_register(self, incoming: IncomingFile, header: _Header,
+                            request: StoreRequest) -> StoreResult:
+        relative = self.store.relative_path(header.study_uid, header.series_uid,
+                                            header.sop_instance_uid)
+        with self.db.session() as session:
+            existing = session.scalar(
+                select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
+            if existing is not None and existing.sha256 == incoming.sha256:
+                incoming.discard()
+                message = "duplicate with identical content: acknowledged, not stored again"
+                audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-duplicate",
+                             Outcome.SUCCESS, message, **self._audit_fields(request, header))
+                return StoreResult(StoreStatus.SUCCESS, message, header.study_uid)
+            previous_path = existing.path if existing is not None else None
+
+        self.store.place(incoming, relative)
+        for attempt in range(1, _REGISTER_ATTEMPTS + 1):
+            try:
+                with self._register_lock, self.db.session() as session:
+                    replaced = self._register(session, header, incoming, request, relative)
+                break
+            except IntegrityError:
+                # Another process registered the same study, series or instance first.
+                if attempt == _REGISTER_ATTEMPTS:
+                    raise
+        if replaced and previous_path and previous_path != relative:
+            self.store.absolute(previous_path).unlink(missing_ok=True)
+        message = "replaced an earlier copy with different content" if replaced else "stored"
+        return StoreResult(StoreStatus.SUCCESS, message, header.study_uid)
+
+    def _register(self, session, header: _Header, incoming: IncomingFile,  # noqa: ANN001
+                  request: StoreRequest, relative: str) -> bool:
+        """Upsert study, series and instance rows; return True if an instance was replaced."""
+        now = utcnow()
+        study = session.scalar(select(Study).where(Study.study_uid == header.study_uid))
+        if study is None:
+            # A study that only ever held our own results is never analysed.
+            state = StudyState.COMPLETE if header.produced_by_node else StudyState.RECEIVING
+            study = Study(study_uid=header.study_uid, patient_id=header.patient_id,
+                          accession_number=header.accession_number, study_date=header.study_date,
+                          study_description=header.study_description, state=state, generation=1,
+                          first_received_at=now, last_instance_at=now)
+            session.add(study)
+            session.flush()
+        elif not header.produced_by_node:
+            if study.state == StudyState.COMPLETE:
+                # A late or replaced instance re-opens the study for a new job.
+                study.generation += 1
+                study.state = StudyState.RECEIVING
+                study.completed_at = None
+            study.last_instance_at = now
+
+        series = session.scalar(select(Series).where(Series.series_uid == header.series_uid))
+        if series is None:
+            series = Series(study_id=study.id, series_uid=header.series_uid,
+                            modality=header.modality, body_part_examined=header.body_part_examined,
+                            series_description=header.series_description,
+                            series_number=header.series_number)
+            session.add(series)
+            session.flush()
+
+        instance = session.scalar(
+            select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
+        replaced = instance is not None
+        if instance is None:
+            instance = Instance(sop_instance_uid=header.sop_instance_uid)
+            session.add(instance)
+        instance.series_id = series.id
+        instance.sop_class_uid = header.sop_class_uid
+        instance.transfer_syntax_uid = header.transfer_syntax_uid
+        instance.path = relative
+        instance.size_bytes = incoming.size
+        instance.sha256 = incoming.sha256
+        instance.calling_ae_title = request.calling_ae_title
+        instance.received_at = now
+        instance.produced_by_node = header.produced_by_node
+
+        if replaced:
+            audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-replaced",
+                         Outcome.MINOR_FAILURE,
+                         "same SOP Instance UID with different content: earlier copy replaced "
+                         "and the study queued again", **self._audit_fields(request, header))
+        else:
+            audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-received",
+                         Outcome.SUCCESS, f"{incoming.size} bytes, {header.transfer_syntax_uid}",
+                         **self._audit_fields(request, header))
+        return replaced
+
+    @staticmethod
+    def _audit_fields(request: StoreRequest, header: _Header | None = None) -> dict[str, str | None]:
+        return {
+            "calling_ae_title": request.calling_ae_title,
+            "called_ae_title": request.called_ae_title,
+            "peer_address": request.peer_address,
+            "study_uid": header.study_uid if header else None,
+            "sop_instance_uid": header.sop_instance_uid if header else request.sop_instance_uid[:64],
+        }
+
+    def _audit_refusal(self, request: StoreRequest, result: StoreResult) -> None:
+        with self.db.session() as session:
+            audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-refused",
+                         Outcome.MINOR_FAILURE if result.status == StoreStatus.OUT_OF_RESOURCES
+                         else Outcome.SERIOUS_FAILURE,
+                         f"C-STORE status 0x{result.status:04X}: {result.message}",
+                         **self._audit_fields(request))

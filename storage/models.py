@@ -1,0 +1,149 @@
+"""The node's durable state, as SQLAlchemy 2 models.
+
+Every hand-over between the node's parts (receiver, completion monitor, workers,
+senders) goes through these tables, so each part can run as its own process and many
+processes can share one PostgreSQL. Times are stored as naive UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+AE_TITLE = String(16)
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the one time convention of every column here."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyState(StrEnum):
+    RECEIVING = "receiving"  # instances arriving, or the quiet period not yet over
+    COMPLETE = "complete"  # quiet period over; a job for this generation was queued
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[StudyState] = mapped_column(String(16), default=StudyState.RECEIVING)
+    # Bumped each time a late or replaced instance re-opens the study; one job per value.
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_instance_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study")
+
+    __table_args__ = (Index("ix_studies_state_last_instance", "state", "last_instance_at"),)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(16))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    # Relative to the data directory, so a volume can be mounted elsewhere.
+    path: Mapped[str] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str | None] = mapped_column(AE_TITLE)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Objects this node produced (its device UID); they never queue analysis.
+    produced_by_node: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One analysis of one study generation; claimed by a worker under a lease."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_generation: Mapped[int] = mapped_column(Integer)
+    state: Mapped[JobState] = mapped_column(String(16), default=JobState.QUEUED)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    study: Mapped[Study] = relationship(back_populates="jobs")
+
+    __table_args__ = (
+        # The database, not the code, guarantees one job per study generation.
+        UniqueConstraint("study_id", "study_generation", name="uq_jobs_study_generation"),
+        Index("ix_jobs_state_created", "state", "created_at"),
+    )
+
+
+class AuditEvent(Base):
+    """One audit record, coded as IHE ATNA / DICOM PS3.15 A.5 audit messages."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    event_id: Mapped[str] = mapped_column(String(16))  # DCM code, e.g. "110104"
+    event_type: Mapped[str] = mapped_column(String(64))  # ours, e.g. "association-rejected"
+    outcome: Mapped[int] = mapped_column(Integer)  # 0 success, 4 minor, 8 serious, 12 major
+    calling_ae_title: Mapped[str | None] = mapped_column(AE_TITLE)
+    called_ae_title: Mapped[str | None] = mapped_column(AE_TITLE)
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    study_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    message: Mapped[str] = mapped_column(Text, default="")

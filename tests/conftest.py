@@ -1,0 +1,105 @@
+"""Shared fixtures: strict pydicom, real databases, real peers.
+
+In CI (``CI=true``) a missing tool or service fails the test; on a developer's machine it
+is skipped with the reason printed, never silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from sqlalchemy import create_engine, inspect, text
+
+from storage.db import Database
+from tests.peers import MissingTool, require_tool
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+POSTGRES_URL = os.environ.get("CXR_NODE_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def unavailable(reason: str) -> None:
+    """Fail in CI, skip (with the reason) elsewhere."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def strict_pydicom_writing():
+    """Everything we write must be valid DICOM (STYLE.md)."""
+    previous = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+    yield
+    pydicom.config.settings.writing_validation_mode = previous
+
+
+@pytest.fixture
+def tool():
+    """``tool("storescu")`` -> its path, or fail/skip when it is not installed."""
+
+    def find(name: str) -> str:
+        try:
+            return require_tool(name)
+        except MissingTool as exc:
+            unavailable(str(exc))
+            raise
+
+    return find
+
+
+@pytest.fixture
+def dcmtk(tool) -> None:
+    for name in ("storescu", "echoscu", "storescp", "dcmconv", "dcmcjpeg", "dcmcrle", "dcmcjpls"):
+        tool(name)
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for table in inspect(connection).get_table_names():
+                connection.execute(text(f'DROP TABLE IF EXISTS "{table}" CASCADE'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """An empty PostgreSQL database (every table dropped)."""
+    try:
+        _reset_postgres(POSTGRES_URL)
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "not available"
+        unavailable(f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc}")
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Each storage test runs on both backends the node supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'node.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def database(database_url) -> Database:
+    db = Database.connect(database_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def chest_cr() -> dict[str, Path]:
+    """The real chest radiograph shipped in pydicom-data, uncompressed and JPEG 2000 lossless."""
+    files = {}
+    for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            unavailable(f"{name} from the PyPI package pydicom-data is not installed")
+        files[name] = Path(path)
+    return files

@@ -224,7 +224,8 @@ def _describe(error: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(path: Path | str | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
     """Read ``path`` (or ``$CXR_NODE_CONFIG``), apply environment overrides, validate.
 
     Raises

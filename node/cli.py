@@ -47,7 +47,8 @@ def echo(host: str, port: int, calling: str, called: str) -> int:
     ae.add_requested_context(Verification)
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "no association (refused, aborted or timed out)"
+        reason = ("rejected" if assoc.is_rejected
+                  else "no association (refused, aborted or timed out)")
         print(f"C-ECHO to {called}@{host}:{port}: {reason}")
         return 1
     status = assoc.send_c_echo()

@@ -18,12 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
+from node.statuses import StoreStatus
 from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore, IncomingFile, InvalidUID, validate_uid
 from storage.models import Instance, Series, Study, StudyState, utcnow
-from node.statuses import StoreStatus
 
 LOGGER = logging.getLogger("cxr_node.ingest")
 _REGISTER_ATTEMPTS = 3
@@ -302,13 +302,15 @@ class Ingest:
         return replaced
 
     @staticmethod
-    def _audit_fields(request: StoreRequest, header: _Header | None = None) -> dict[str, str | None]:
+    def _audit_fields(request: StoreRequest,
+                      header: _Header | None = None) -> dict[str, str | None]:
         return {
             "calling_ae_title": request.calling_ae_title,
             "called_ae_title": request.called_ae_title,
             "peer_address": request.peer_address,
             "study_uid": header.study_uid if header else None,
-            "sop_instance_uid": header.sop_instance_uid if header else request.sop_instance_uid[:64],
+            "sop_instance_uid": (header.sop_instance_uid if header
+                                 else request.sop_instance_uid[:64]),
         }
 
     def _audit_refusal(self, request: StoreRequest, result: StoreResult) -> None:

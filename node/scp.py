@@ -52,12 +52,13 @@ IMPLEMENTATION_VERSION_NAME = "CXRNODE_010"
 # PDUs other than P-DATA (association negotiation) are small; this bounds them.
 _MAX_CONTROL_PDU_BYTES = 1024 * 1024
 _P_DATA_TF = 0x04
+_PDU_TYPES = frozenset(range(0x01, 0x08))  # PS3.8 9.3: A-ASSOCIATE-RQ .. A-ABORT
 
 # The order in which we accept transfer syntaxes when a sender offers several for one
 # presentation context (pynetdicom picks the first of ours the sender proposed):
-# lossless compressed first (the sender holds the data so, and fewer bytes cross the
-# network and the disk), then the uncompressed ones, and lossy syntaxes last, so a
-# lossy copy is taken only when the sender offers nothing better.
+# lossless compressed first (a sender offers them when it holds the data so, and fewer
+# bytes cross the network and the disk), then deflated and the uncompressed ones, and
+# lossy syntaxes last, so a lossy copy is taken only when the sender offers nothing better.
 PREFERRED_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
@@ -66,8 +67,8 @@ PREFERRED_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
     "1.2.840.10008.1.2.4.57",  # JPEG Lossless
     "1.2.840.10008.1.2.5",  # RLE Lossless
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline (lossy)
@@ -113,12 +114,16 @@ class _GuardedSocket(AssociationSocket):
                 length = struct.unpack(">L", header[2:6])[0]
                 limit = (self._max_pdu_bytes if self._pdu_type == _P_DATA_TF
                          else _MAX_CONTROL_PDU_BYTES)
-                if length > limit:
+                problem = None
+                if self._pdu_type not in _PDU_TYPES:
+                    problem = f"peer sent an unknown PDU type 0x{header[0]:02X} (not DICOM)"
+                elif length > limit:
+                    problem = (f"peer declared a PDU (type 0x{header[0]:02X}) of {length} bytes; "
+                               f"this node accepts at most {limit}")
+                if problem:
                     self._pdu_type = None
-                    message = (f"peer declared a PDU (type 0x{header[0]:02X}) of {length} bytes; "
-                               f"this node accepts at most {limit}: association aborted")
-                    self._on_violation(message)
-                    raise OSError(message)
+                    self._on_violation(f"{problem}: association aborted")
+                    raise OSError(problem)
             return header
         self._pdu_type = None
         return self._recv_exactly(nr_bytes)
@@ -253,8 +258,9 @@ class Listener:
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.maximum_pdu_size = dicom.max_pdu_bytes
-        # Our ACSE enforces the limit first (and audits); pynetdicom's check stays as a backstop.
-        ae.maximum_associations = dicom.max_associations + 1
+        # Our ACSE enforces (and audits) the limit; pynetdicom's own count would include
+        # connections that closed before negotiating, so its limit is only a backstop.
+        ae.maximum_associations = 4 * dicom.max_associations + 16
         ae.acse_timeout = dicom.acse_timeout_seconds
         ae.dimse_timeout = dicom.dimse_timeout_seconds
         ae.network_timeout = dicom.network_timeout_seconds
@@ -283,6 +289,7 @@ class Listener:
             request_handler=_RequestHandler,
         )
         self._server.cxr_listener = self
+        self._ae._servers.append(self._server)  # as AE.start_server does, for shutdown()
         self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-listener",
                                         daemon=True)
         self._thread.start()
@@ -340,7 +347,11 @@ class Listener:
         return rejection
 
     def _acceptor_count(self) -> int:
-        return sum(1 for assoc in self._ae.active_associations if assoc.is_acceptor)
+        """Associations being served. A connection closed before its A-ASSOCIATE-RQ (a TCP
+        health check, a port scan) leaves pynetdicom's thread waiting out the ACSE timeout
+        with its DUL stopped; those do not count against the limit."""
+        return sum(1 for assoc in self._ae.active_associations
+                   if assoc.is_acceptor and assoc.dul.is_alive())
 
     def audit_security_alert(self, event_type: str, message: str, address: str) -> None:
         with self.db.session() as session:

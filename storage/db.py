@@ -56,7 +56,8 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def connect(cls, url: str, sqlite_busy_timeout_seconds: float = 30.0, upgrade: bool = True) -> Database:
+    def connect(cls, url: str, sqlite_busy_timeout_seconds: float = 30.0,
+                upgrade: bool = True) -> Database:
         engine = make_engine(url, sqlite_busy_timeout_seconds)
         if upgrade:
             migrate(engine)

@@ -120,7 +120,7 @@ class IncomingFile:
 
 
 class DicomFileStore:
-    """Files under ``data_dir``: ``incoming/`` for transfers in flight, ``dicom/`` for stored ones."""
+    """Files under ``data_dir``: ``incoming/`` for transfers in flight, ``dicom/`` when stored."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir).resolve()

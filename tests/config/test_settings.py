@@ -1,0 +1,156 @@
+"""Settings: the example configuration, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from config.settings import ConfigError, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "config" / "example.yaml"
+
+
+def write_config(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_example_loads_with_documented_values():
+    settings = load_settings(EXAMPLE, environ={})
+
+    assert settings.dicom.ae_title == "CXRNODE"
+    assert settings.dicom.port == 11112
+    assert settings.storage.data_dir == Path("var")
+    assert [peer.ae_title for peer in settings.dicom.peers] == ["STORESCU", "ECHOSCU", "FINDSCU"]
+    for peer in settings.dicom.peers:
+        assert peer.allows("127.0.0.1")
+        assert not peer.allows("10.0.0.5")
+
+
+def test_environment_overrides_the_file():
+    settings = load_settings(EXAMPLE, environ={
+        "CXR_NODE_DICOM__PORT": "11200",
+        "CXR_NODE_STORAGE__DATA_DIR": "/tmp/x",
+    })
+
+    assert settings.dicom.port == 11200
+    assert settings.storage.data_dir == Path("/tmp/x")
+    assert settings.dicom.ae_title == "CXRNODE"  # untouched keys keep the file's value
+
+
+def test_environment_list_override_is_parsed_as_yaml():
+    settings = load_settings(EXAMPLE, environ={
+        "CXR_NODE_DICOM__PEERS": "[{ae_title: A, hosts: [10.0.0.0/8]}]",
+    })
+
+    assert [peer.ae_title for peer in settings.dicom.peers] == ["A"]
+    assert settings.dicom.peers[0].allows("10.0.0.5")
+    assert not settings.dicom.peers[0].allows("127.0.0.1")
+
+
+def test_config_path_from_environment_when_none_given(tmp_path):
+    path = write_config(tmp_path, {"dicom": {"ae_title": "FROMENV"}})
+
+    settings = load_settings(environ={"CXR_NODE_CONFIG": str(path)})
+
+    assert settings.dicom.ae_title == "FROMENV"
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"dicom": {"port": 99999}}, ["dicom.port"]),
+    ({"dicom": {"portt": 11112}}, ["dicom.portt", "unknown key"]),
+    ({"dicom": {"ae_title": "A" * 17}}, ["dicom.ae_title"]),
+    ({"dicom": {"ae_title": "AB\\CD"}}, ["dicom.ae_title"]),
+    ({"dicom": {"peers": [{"ae_title": "A", "hosts": ["not-an-ip"]}]}},
+     ["dicom.peers.0.hosts", "not-an-ip"]),
+    ({"dicom": {"tls": {"enabled": True}}}, ["dicom.tls", "certificate"]),
+    ({"logging": {"level": "LOUD"}}, ["logging.level", "LOUD"]),
+    ({"node": {"device_uid": "1.2.abc"}}, ["node.device_uid"]),
+], ids=["port-range", "unknown-key", "ae-title-too-long", "ae-title-backslash", "peer-host",
+        "tls-without-files", "log-level", "device-uid"])
+def test_bad_value_names_the_key(tmp_path, data, expected):
+    path = write_config(tmp_path, data)
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+
+    for text in expected:
+        assert text in str(error.value)
+
+
+def test_missing_config_file_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        load_settings(missing, environ={})
+
+
+def _model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        keys.add(key)
+        annotation = field.annotation
+        if typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= _model_keys(annotation, f"{key}.")
+    return keys
+
+
+def _yaml_keys(data: object, prefix: str = "") -> set[str]:
+    if isinstance(data, list):
+        return set().union(*(_yaml_keys(item, prefix) for item in data))
+    if not isinstance(data, dict):
+        return set()
+    keys = set()
+    for name, value in data.items():
+        keys.add(f"{prefix}{name}")
+        keys |= _yaml_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def test_example_documents_every_key():
+    documented = _yaml_keys(yaml.safe_load(EXAMPLE.read_text()))
+
+    assert _model_keys(Settings) - documented == set()
+
+
+def test_cli_refuses_bad_config_with_exit_code_2(tmp_path):
+    path = write_config(tmp_path, {"dicom": {"port": 0}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "node.cli", "--config", str(path), "serve"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "dicom.port" in result.stderr
+
+
+def test_device_uid_derived_from_ae_title():
+    first = Settings.model_validate({"dicom": {"ae_title": "NODEA"}})
+    again = Settings.model_validate({"dicom": {"ae_title": "NODEA"}})
+    other = Settings.model_validate({"dicom": {"ae_title": "NODEB"}})
+
+    assert first.device_uid == again.device_uid
+    assert first.device_uid != other.device_uid
+    assert len(first.device_uid) <= 64
+    assert re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", first.device_uid)
+
+
+def test_configured_device_uid_wins():
+    settings = Settings.model_validate({"node": {"device_uid": "1.2.3.4"}})
+
+    assert settings.device_uid == "1.2.3.4"

@@ -1,0 +1,58 @@
+"""Fixtures for tests that run cxr-node as a process and talk to it with real peers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import select
+
+from storage.db import Database
+from storage.models import AuditEvent
+from tests.peers import NodeProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def start_node(tmp_path, dcmtk) -> Callable[..., NodeProcess]:
+    """``start_node(**config)`` -> a running ``cxr-node serve``; all are stopped afterwards."""
+    nodes: list[NodeProcess] = []
+
+    def start(**config) -> NodeProcess:
+        node = NodeProcess(tmp_path / f"node{len(nodes)}", **config).start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def node_database(node: NodeProcess) -> Database:
+    """The node's own database, opened the way an admin's tool would open it."""
+    return Database.connect(node.database_url, upgrade=False)
+
+
+def audit_events(node: NodeProcess, event_type: str | None = None) -> list[AuditEvent]:
+    db = node_database(node)
+    try:
+        with db.session() as session:
+            query = select(AuditEvent).order_by(AuditEvent.id)
+            if event_type:
+                query = query.where(AuditEvent.event_type == event_type)
+            return list(session.scalars(query))
+    finally:
+        db.dispose()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    assert value, f"condition not met within {timeout} s"
+    return value

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import ssl
 import struct
 import threading
@@ -91,6 +92,7 @@ class _GuardedSocket(AssociationSocket):
     _max_pdu_bytes: int
     _on_violation: Callable[[str], None]
     _pdu_type: int | None
+    _violation: str | None
 
     @classmethod
     def adopt(cls, sock: AssociationSocket, max_pdu_bytes: int,
@@ -104,9 +106,12 @@ class _GuardedSocket(AssociationSocket):
         sock._max_pdu_bytes = max_pdu_bytes
         sock._on_violation = on_violation
         sock._pdu_type = None
+        sock._violation = None
 
     def recv(self, nr_bytes: int) -> bytearray:
         # pynetdicom's DUL reads a PDU as recv(6) for type and length, then recv(length).
+        if self._violation:
+            raise OSError(self._violation)
         if nr_bytes == 6 and self._pdu_type is None:
             header = self._recv_exactly(6)
             if len(header) == 6:
@@ -121,12 +126,23 @@ class _GuardedSocket(AssociationSocket):
                     problem = (f"peer declared a PDU (type 0x{header[0]:02X}) of {length} bytes; "
                                f"this node accepts at most {limit}")
                 if problem:
-                    self._pdu_type = None
-                    self._on_violation(f"{problem}: association aborted")
-                    raise OSError(problem)
+                    self._refuse(problem)
             return header
         self._pdu_type = None
         return self._recv_exactly(nr_bytes)
+
+    def _refuse(self, problem: str) -> None:
+        """Audit once, close the connection, and make every later read fail at once."""
+        first = self._violation is None
+        self._violation = problem
+        self._pdu_type = None
+        if first:
+            self._on_violation(f"{problem}: association aborted")
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        raise OSError(problem)
 
     def _recv_exactly(self, nr_bytes: int) -> bytearray:
         buffer = bytearray(nr_bytes)
@@ -180,7 +196,19 @@ class _StreamingDIMSE(DIMSEServiceProvider):
         self.released = False
 
     def receive_primitive(self, primitive) -> None:  # noqa: ANN001 - P_DATA
-        super().receive_primitive(primitive)
+        try:
+            super().receive_primitive(primitive)
+        except Exception as exc:  # noqa: BLE001 - an undecodable stream from the peer
+            # pynetdicom lets a broken command set escape and kill its DUL thread, which
+            # would leave the connection hanging; abort it as for an invalid PDU (Evt19).
+            self.message = None
+            self.discard_pending()
+            self._listener.audit_security_alert(
+                "protocol-violation",
+                f"undecodable DIMSE message ({type(exc).__name__}: {exc}): association aborted",
+                self.assoc.requestor.address, self.assoc.requestor.ae_title.strip())
+            self.dul.event_queue.put("Evt19")
+            return
         message = self.message
         if not isinstance(message, C_STORE_RQ) or message.context_id is None:
             return
@@ -353,10 +381,11 @@ class Listener:
         return sum(1 for assoc in self._ae.active_associations
                    if assoc.is_acceptor and assoc.dul.is_alive())
 
-    def audit_security_alert(self, event_type: str, message: str, address: str) -> None:
+    def audit_security_alert(self, event_type: str, message: str, address: str,
+                             calling_ae_title: str | None = None) -> None:
         with self.db.session() as session:
             audit.record(session, AuditEventId.SECURITY_ALERT, event_type, Outcome.SERIOUS_FAILURE,
-                         message, peer_address=address)
+                         message, peer_address=address, calling_ae_title=calling_ae_title)
 
     # -- receiving ---------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ def main() -> None:
                         help="cxr-node's dicom.max_pdu_bytes (storescp and Orthanc use 16384)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="cxr-bench-", dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         root = Path(tmp)
         (root / "in").mkdir()
         files = make_instances(root / "in", args.count, args.rows, args.columns)

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from enum import StrEnum
 
 import pydicom
 from sqlalchemy import select
@@ -27,6 +28,13 @@ from storage.models import Instance, Series, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger("cxr_node.ingest")
 _REGISTER_ATTEMPTS = 3
+_DUPLICATE = "duplicate with identical content: acknowledged, not stored again"
+
+
+class _Registered(StrEnum):
+    STORED = "stored"
+    REPLACED = "replaced an earlier copy with different content"
+    DUPLICATE = _DUPLICATE
 
 
 @dataclass(frozen=True)
@@ -222,31 +230,34 @@ class Ingest:
                 select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
             if existing is not None and existing.sha256 == incoming.sha256:
                 incoming.discard()
-                message = "duplicate with identical content: acknowledged, not stored again"
-                audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-duplicate",
-                             Outcome.SUCCESS, message, **self._audit_fields(request, header))
-                return StoreResult(StoreStatus.SUCCESS, message, header.study_uid)
+                self._audit_duplicate(session, request, header)
+                return StoreResult(StoreStatus.SUCCESS, _DUPLICATE, header.study_uid)
             previous_path = existing.path if existing is not None else None
 
         self.store.place(incoming, relative)
         for attempt in range(1, _REGISTER_ATTEMPTS + 1):
             try:
                 with self._register_lock, self.db.session() as session:
-                    replaced = self._register(session, header, incoming, request, relative)
+                    outcome = self._register(session, header, incoming, request, relative)
                 break
             except IntegrityError:
                 # Another process registered the same study, series or instance first.
                 if attempt == _REGISTER_ATTEMPTS:
                     raise
-        if replaced and previous_path and previous_path != relative:
+        if outcome is _Registered.REPLACED and previous_path and previous_path != relative:
             self.store.absolute(previous_path).unlink(missing_ok=True)
-        message = "replaced an earlier copy with different content" if replaced else "stored"
-        return StoreResult(StoreStatus.SUCCESS, message, header.study_uid)
+        return StoreResult(StoreStatus.SUCCESS, outcome.value, header.study_uid)
 
     def _register(self, session, header: _Header, incoming: IncomingFile,  # noqa: ANN001
-                  request: StoreRequest, relative: str) -> bool:
-        """Upsert study, series and instance rows; return True if an instance was replaced."""
+                  request: StoreRequest, relative: str) -> _Registered:
+        """Upsert study, series and instance rows in one transaction."""
         now = utcnow()
+        instance = session.scalar(
+            select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
+        if instance is not None and instance.sha256 == incoming.sha256:
+            # Another association stored the same bytes while we were writing ours.
+            self._audit_duplicate(session, request, header)
+            return _Registered.DUPLICATE
         study = session.scalar(select(Study).where(Study.study_uid == header.study_uid))
         if study is None:
             # A study that only ever held our own results is never analysed.
@@ -274,8 +285,6 @@ class Ingest:
             session.add(series)
             session.flush()
 
-        instance = session.scalar(
-            select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
         replaced = instance is not None
         if instance is None:
             instance = Instance(sop_instance_uid=header.sop_instance_uid)
@@ -299,7 +308,12 @@ class Ingest:
             audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-received",
                          Outcome.SUCCESS, f"{incoming.size} bytes, {header.transfer_syntax_uid}",
                          **self._audit_fields(request, header))
-        return replaced
+        return _Registered.REPLACED if replaced else _Registered.STORED
+
+    def _audit_duplicate(self, session, request: StoreRequest,  # noqa: ANN001
+                         header: _Header) -> None:
+        audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-duplicate",
+                     Outcome.SUCCESS, _DUPLICATE, **self._audit_fields(request, header))
 
     @staticmethod
     def _audit_fields(request: StoreRequest,

@@ -220,7 +220,9 @@ class _StreamingDIMSE(DIMSEServiceProvider):
         incoming = self._pending.get(message_id)
         if incoming is None:
             cs = message.command_set
-            transfer_syntax = self.assoc._accepted_cx[message.context_id].transfer_syntax[0]
+            [context] = [cx for cx in self.assoc.accepted_contexts
+                         if cx.context_id == message.context_id]
+            transfer_syntax = context.transfer_syntax[0]
             incoming = self._listener.new_incoming(
                 str(cs.AffectedSOPClassUID), str(cs.AffectedSOPInstanceUID), transfer_syntax,
                 self.assoc.requestor.ae_title)

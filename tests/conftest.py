@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, make_url, text
 
 from storage.db import Database
 from tests.peers import MissingTool, require_tool
@@ -68,14 +68,34 @@ def _reset_postgres(url: str) -> None:
         engine.dispose()
 
 
-@pytest.fixture
-def postgres_url() -> str:
-    """An empty PostgreSQL database (every table dropped)."""
+@pytest.fixture(scope="session")
+def postgres_test_database() -> str:
+    """A database of this test run's own on the configured server, dropped at the end.
+
+    Two test runs on one machine (a developer's and CI's) then never drop each other's
+    tables.
+    """
+    name = f"cxr_node_test_{os.getpid()}"
+    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:
-        _reset_postgres(POSTGRES_URL)
+        with server.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001 - any connection failure means "not available"
-        unavailable(f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc}")
-    return POSTGRES_URL
+        server.dispose()
+        unavailable(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with server.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    server.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_test_database) -> str:
+    """An empty PostgreSQL database (every table dropped)."""
+    _reset_postgres(postgres_test_database)
+    return postgres_test_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -202,3 +202,16 @@ def test_a_sender_pausing_inside_an_association_keeps_the_study_open(start_node,
     assoc.release()
     wait_until(lambda: _job_count(db) == 1)
     db.dispose()
+
+
+def test_an_idle_association_is_aborted_after_the_network_timeout(start_node):
+    node = start_node(dicom={"network_timeout_seconds": 1})
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="CXRNODE")
+    assert assoc.is_established
+
+    wait_until(lambda: assoc.is_aborted, timeout=10)
+    [aborted] = wait_until(lambda: audit_events(node, "association-aborted"))
+    assert aborted.calling_ae_title == "PYSCU"
+    assert echoscu(node.port).returncode == 0

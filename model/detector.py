@@ -1,0 +1,175 @@
+"""The EfficientDet detector: build from a card, load local weights, predict batches.
+
+effdet provides the network; post-processing is ours and batched. effdet's own
+``DetBenchPredict`` decodes and runs NMS one image at a time, which limits a GPU to a few
+hundred images per second; here top-k, box decoding and NMS run once for the whole batch
+(NMS with the image and class folded into a coordinate offset). Weights come from a local
+file only: the network is created with ``pretrained=False, pretrained_backbone=False``,
+which never reaches for a hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from effdet import create_model
+from effdet.anchors import Anchors, decode_box_outputs
+from torchvision.ops import nms
+
+from model.card import ModelCard
+from model.preprocess import Letterbox, PreprocessConfig, preprocess, to_tensor
+from model.vocabulary import Finding
+
+# Candidates kept per image before NMS, and detections kept after it.
+MAX_CANDIDATES = 1000
+MAX_DETECTIONS = 100
+NMS_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One finding on one image: its coded label, probability and box in original pixels."""
+
+    finding: Finding
+    score: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2; (0,0) = top-left pixel corner
+
+    @property
+    def label(self) -> str:
+        return self.finding.label
+
+
+def create_network(card: ModelCard, bench_task: str = "") -> torch.nn.Module:
+    """The effdet network for ``card``; ``bench_task="train"`` wraps it for training."""
+    return create_model(
+        card.architecture,
+        bench_task=bench_task,
+        num_classes=card.num_classes,
+        pretrained=False,
+        pretrained_backbone=False,
+        image_size=(card.image_size, card.image_size),
+        bench_labeler=bench_task == "train",
+    )
+
+
+class BatchedPostProcess(torch.nn.Module):
+    """Top-k, decode and NMS for a whole batch at once.
+
+    Returns ``(batch, MAX_DETECTIONS, 6)`` rows of x1, y1, x2, y2, score, class (0-based),
+    in model-input pixels; unused rows have score 0.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        config = network.config
+        self.num_levels = config.num_levels
+        self.num_classes = config.num_classes
+        self.image_size = float(max(config.image_size))
+        self.register_buffer("anchors", Anchors.from_config(config).boxes, persistent=False)
+
+    def forward(self, class_out: list[torch.Tensor], box_out: list[torch.Tensor]) -> torch.Tensor:
+        batch = class_out[0].shape[0]
+        logits = torch.cat([c.permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes)
+                            for c in class_out[: self.num_levels]], 1)
+        regress = torch.cat([b.permute(0, 2, 3, 1).reshape(batch, -1, 4)
+                             for b in box_out[: self.num_levels]], 1)
+        k = min(MAX_CANDIDATES, logits.shape[1] * self.num_classes)
+        top_logits, flat = torch.topk(logits.reshape(batch, -1), k, dim=1)
+        anchor_index = flat // self.num_classes
+        classes = flat % self.num_classes
+        codes = torch.gather(regress, 1, anchor_index.unsqueeze(2).expand(-1, -1, 4))
+        boxes = decode_box_outputs(codes.reshape(-1, 4).float(),
+                                   self.anchors[anchor_index.reshape(-1)], output_xyxy=True)
+        boxes = boxes.reshape(batch, k, 4).clamp(0, self.image_size)
+        scores = top_logits.float().sigmoid()
+
+        # One NMS call for all images and classes: shift each (image, class) group apart.
+        group = torch.arange(batch, device=boxes.device).unsqueeze(1) * self.num_classes + classes
+        offset = (group.to(boxes.dtype) * (self.image_size + 1)).unsqueeze(2)
+        keep = nms((boxes + offset).reshape(-1, 4), scores.reshape(-1), NMS_IOU)
+        image_of = keep // k
+        # Group by image keeping the score order (stable sort), then rank within each image.
+        order = torch.argsort(image_of, stable=True)
+        keep, image_of = keep[order], image_of[order]
+        rank = torch.arange(keep.numel(), device=keep.device) - torch.searchsorted(image_of,
+                                                                                   image_of)
+        chosen = rank < MAX_DETECTIONS
+        keep, image_of, rank = keep[chosen], image_of[chosen], rank[chosen]
+        out = torch.zeros(batch, MAX_DETECTIONS, 6, device=boxes.device)
+        flat_boxes, flat_scores = boxes.reshape(-1, 4), scores.reshape(-1)
+        out[image_of, rank, :4] = flat_boxes[keep]
+        out[image_of, rank, 4] = flat_scores[keep]
+        out[image_of, rank, 5] = classes.reshape(-1)[keep].to(out.dtype)
+        return out
+
+
+class Detector:
+    """A loaded model: datasets in, detections in original pixel coordinates out."""
+
+    def __init__(self, card: ModelCard, network: torch.nn.Module,
+                 device: torch.device | str | None = None) -> None:
+        self.card = card
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.preprocess_config = PreprocessConfig.from_dict(card.preprocessing)
+        self.network = network.eval().to(self.device)
+        self.post_process = BatchedPostProcess(network).to(self.device)
+        if self.device.type == "cuda":
+            self.network = self.network.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, model_dir: Path, device: torch.device | str | None = None) -> Detector:
+        """Load the card and its weights from ``model_dir`` (a local folder; no download)."""
+        card = ModelCard.load(model_dir)
+        network = create_network(card)
+        state = torch.load(Path(model_dir) / card.weights_file, map_location="cpu",
+                           weights_only=True)
+        network.load_state_dict(state)
+        return cls(card, network, device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def raw_detections(self, batch: torch.Tensor) -> torch.Tensor:
+        """Network and post-processing on a prepared (N, 3, S, S) batch -> (N, 100, 6)."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            class_out, box_out = self.network(batch)
+        return self.post_process([c.float() for c in class_out], [b.float() for b in box_out])
+
+    def predict_images(self, images: Sequence[np.ndarray], letterboxes: Sequence[Letterbox],
+                       apply_thresholds: bool = True) -> list[list[Detection]]:
+        """Detections for preprocessed images, mapped back through their letterboxes."""
+        if len(images) != len(letterboxes):
+            raise ValueError(f"{len(images)} images but {len(letterboxes)} letterboxes")
+        if not images:
+            return []
+        rows = self.raw_detections(to_tensor(list(images))).cpu().numpy()
+        results = []
+        for per_image, letterbox in zip(rows, letterboxes, strict=True):
+            detections = []
+            for x1, y1, x2, y2, score, cls in per_image:
+                if score <= 0:
+                    continue
+                finding = self.card.findings[int(cls)]
+                if apply_thresholds and score < self.card.thresholds[finding.label]:
+                    continue
+                box = letterbox.to_original(np.array([[x1, y1, x2, y2]], dtype=np.float64))[0]
+                detections.append(Detection(finding, float(score), tuple(float(v) for v in box)))
+            results.append(detections)
+        return results
+
+    def predict(self, datasets: Sequence, apply_thresholds: bool = True) -> list[list[Detection]]:
+        """Detections for DICOM datasets; raises ``UnsupportedImage`` for unusable ones."""
+        prepared = [preprocess(ds, self.preprocess_config) for ds in datasets]
+        return self.predict_images([p[0] for p in prepared], [p[1] for p in prepared],
+                                   apply_thresholds)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from sqlalchemy import func, select
 
 from config.settings import ConfigError, Settings, load_settings
 
 LOGGER = logging.getLogger("cxr_node")
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "model" / "bundled"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +31,33 @@ def _parser() -> argparse.ArgumentParser:
 
     studies = commands.add_parser("studies", help="recent studies: instances, completion, jobs")
     studies.add_argument("--limit", type=int, default=20)
+
+    synth = commands.add_parser("synth", help="write synthetic chest radiographs and labels")
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--count", required=True, type=int)
+    synth.add_argument("--seed", required=True, type=int)
+    synth.add_argument("--min-size", type=int, default=1500, help="smallest rows/columns")
+    synth.add_argument("--max-size", type=int, default=3000, help="largest rows/columns")
+    synth.add_argument("--normal-fraction", type=float, default=0.3)
+
+    train = commands.add_parser("train", help="train the detector on a labelled folder")
+    train.add_argument("--data", required=True, type=Path, help="folder with labels.csv")
+    train.add_argument("--out", required=True, type=Path, help="run folder (resumes if present)")
+    train.add_argument("--architecture", default="tf_efficientdet_d0")
+    train.add_argument("--image-size", type=int, default=512)
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--init-from", type=Path, help="model folder to fine-tune from")
+    train.add_argument("--version", default="0.1.0", help="version written into the card")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a model on a labelled folder")
+    evaluate.add_argument("--data", required=True, type=Path, help="folder with labels.csv")
+    evaluate.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    evaluate.add_argument("--out", required=True, type=Path)
+    evaluate.add_argument("--device", default=None)
     return parser
 
 
@@ -101,6 +130,31 @@ def main(argv: list[str] | None = None) -> int:
         return echo(args.host, args.port, args.aet, args.aec)
     if args.command == "studies":
         return list_studies(settings, args.limit)
+    if args.command == "synth":
+        from model.phantom import write_synthetic_set
+
+        labels = write_synthetic_set(args.out, args.count, args.seed,
+                                     size_range=(args.min_size, args.max_size),
+                                     normal_fraction=args.normal_fraction)
+        print(f"wrote {args.count} synthetic radiographs; labels in {labels}")
+        return 0
+    if args.command == "train":
+        from training.train import TrainConfig, train
+
+        model_dir = train(TrainConfig(
+            data=args.data, out=args.out, architecture=args.architecture,
+            image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.lr, seed=args.seed, device=args.device,
+            init_from=args.init_from, version=args.version))
+        print(f"best model: {model_dir}")
+        return 0
+    if args.command == "evaluate":
+        from training.evaluate import evaluate_model
+
+        report = evaluate_model(args.model, args.data, args.out, args.device)
+        print(f"mAP@0.5 {report['map50']:.3f}, mAP@0.4 {report['map40']:.3f}; "
+              f"report in {args.out}")
+        return 0
     return 2
 
 

@@ -1,0 +1,276 @@
+"""Training the detector: effdet's training bench, focal and box losses, AdamW, warm-up and
+cosine decay, AMP on a GPU, checkpoints and resume, and mAP on a patient split each epoch.
+
+Every run writes a run folder: ``config.json`` (the resolved configuration),
+``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (the last epoch, for resume),
+and ``model/`` (the best epoch's weights and card, thresholds chosen on validation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.card import ModelCard, file_sha256
+from model.detector import BatchedPostProcess, create_network
+from model.preprocess import PreprocessConfig, to_tensor
+from model.vocabulary import DEFAULT_FINDINGS, Finding
+from training import metrics
+from training.dataset import (
+    DetectionDataset,
+    LabelledImage,
+    collate,
+    fingerprint,
+    read_labels_csv,
+    split_by_patient,
+)
+
+LOGGER = logging.getLogger("cxr_node.train")
+INTENDED_USE = ("Trained on synthetic chest radiographs for demonstration and testing of "
+                "cxr-node. Not for clinical use.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path
+    out: Path
+    architecture: str = "tf_efficientdet_d0"
+    image_size: int = 512
+    epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    validation_fraction: float = 0.15
+    target_sensitivity: float = 0.90
+    seed: int = 0
+    device: str = "auto"
+    init_from: Path | None = None  # a model folder to fine-tune from
+    name: str = "cxr-node-detector"
+    version: str = "0.1.0"
+    findings: tuple[Finding, ...] = field(default=DEFAULT_FINDINGS)
+    max_train_images: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.target_sensitivity < 1:
+            raise ValueError(f"target_sensitivity {self.target_sensitivity} must be in (0, 1)")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["findings"] = [f.to_dict() for f in self.findings]
+        return json.loads(json.dumps(data, default=str))
+
+
+def code_version() -> str:
+    """The git commit of this code, or "unknown" outside a checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def predict_boxes(network: torch.nn.Module, post: BatchedPostProcess,
+                  dataset: DetectionDataset, labels: tuple[str, ...], device: torch.device,
+                  batch_size: int = 16) -> list[list[metrics.PredictedBox]]:
+    """All detections (no threshold) for a dataset, in original pixels."""
+    network.eval()
+    results: list[list[metrics.PredictedBox]] = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            indices = range(start, min(start + batch_size, len(dataset)))
+            batch = to_tensor([dataset.pixels(i) for i in indices]).to(device)
+            with _autocast(device):
+                class_out, box_out = network(batch)
+            rows = post([c.float() for c in class_out], [b.float() for b in box_out]).cpu()
+            for i, per_image in zip(indices, rows.numpy(), strict=True):
+                kept = per_image[per_image[:, 4] > 0]
+                boxes = dataset.letterboxes[i].to_original(kept[:, :4].astype(np.float64))
+                results.append([metrics.PredictedBox(*box, label=labels[int(c)], score=float(s))
+                                for box, s, c in zip(boxes, kept[:, 4], kept[:, 5], strict=True)])
+    return results
+
+
+def ground_truth(images: list[LabelledImage]) -> list[list[metrics.GroundTruthBox]]:
+    return [[metrics.GroundTruthBox(b.x1, b.y1, b.x2, b.y2, b.label) for b in image.boxes]
+            for image in images]
+
+
+def _autocast(device: torch.device):  # noqa: ANN202
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(config: TrainConfig, progress: bool = True) -> Path:
+    """Run (or resume) training; return the folder of the best model."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    torch.manual_seed(config.seed)
+    device = _device(config.device)
+    labels = tuple(f.label for f in config.findings)
+
+    images = read_labels_csv(Path(config.data) / "labels.csv", vocabulary=labels)
+    train_images, validation_images = split_by_patient(images, config.validation_fraction,
+                                                       config.seed)
+    if config.max_train_images:
+        train_images = train_images[: config.max_train_images]
+    preprocessing = PreprocessConfig(image_size=config.image_size)
+    LOGGER.info("preparing %d training and %d validation images", len(train_images),
+                len(validation_images))
+    train_set = DetectionDataset(train_images, labels, preprocessing, augment=True,
+                                 seed=config.seed)
+    validation_set = DetectionDataset(validation_images, labels, preprocessing)
+
+    draft = _card(config, preprocessing, {f: 0.5 for f in labels}, "0" * 64,
+                  fingerprint(images), {})
+    bench = create_network(draft, bench_task="train")
+    if config.init_from:
+        parent = ModelCard.load(config.init_from)
+        state = torch.load(Path(config.init_from) / parent.weights_file, map_location="cpu",
+                           weights_only=True)
+        bench.model.load_state_dict(state)
+    bench.to(device)
+    post = BatchedPostProcess(bench.model).to(device)
+    optimizer = torch.optim.AdamW(bench.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, total_steps, warmup))
+
+    start_epoch, best_map = 0, -1.0
+    checkpoint_path = out / "checkpoint.pt"
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        bench.model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch, best_map = checkpoint["epoch"] + 1, checkpoint["best_map50"]
+        LOGGER.info("resuming after epoch %d (best mAP@0.5 %.3f)", start_epoch, best_map)
+
+    truth = ground_truth(validation_images)
+    for epoch in range(start_epoch, config.epochs):
+        train_set.epoch = epoch
+        bench.train()
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(
+            config.seed * 1000 + epoch)).tolist()
+        totals = {"loss": 0.0, "class_loss": 0.0, "box_loss": 0.0}
+        started = time.monotonic()
+        for step, first in enumerate(range(0, len(order), config.batch_size)):
+            batch, target = collate([train_set[i] for i in order[first:first + config.batch_size]])
+            batch = batch.to(device)
+            target = {k: [t.to(device) for t in v] for k, v in target.items()}
+            with _autocast(device):
+                losses = bench(batch, target)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(bench.parameters(), 10.0)
+            optimizer.step()
+            scheduler.step()
+            for key in totals:
+                totals[key] += float(losses[key].detach())
+            if progress:
+                done = step + 1
+                print(f"\repoch {epoch + 1}/{config.epochs} [{done}/{steps_per_epoch}] "
+                      f"loss {totals['loss'] / done:.4f}", end="", file=sys.stderr, flush=True)
+        elapsed = time.monotonic() - started
+        predictions = predict_boxes(bench.model, post, validation_set, labels, device)
+        map50, _ = metrics.mean_average_precision(truth, predictions, labels, 0.5)
+        map40, _ = metrics.mean_average_precision(truth, predictions, labels, 0.4)
+        record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in totals.items()},
+                  "map50": map50, "map40": map40, "lr": scheduler.get_last_lr()[0],
+                  "train_images_per_second": len(train_set) / elapsed}
+        with open(out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if progress:
+            print(f"\repoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} "
+                  f"mAP@0.5 {map50:.3f} mAP@0.4 {map40:.3f} "
+                  f"({record['train_images_per_second']:.1f} img/s)", file=sys.stderr)
+        if map50 > best_map:
+            best_map = map50
+            torch.save(bench.model.state_dict(), out / "best.pt")
+        torch.save({"model": bench.model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    "best_map50": best_map}, checkpoint_path)
+
+    return _write_model(config, out, bench, post, validation_set, validation_images, labels,
+                        preprocessing, fingerprint(images), device)
+
+
+def _card(config: TrainConfig, preprocessing: PreprocessConfig, thresholds: dict[str, float],
+          weights_sha256: str, data_fingerprint: str, card_metrics: dict) -> ModelCard:
+    parent = ModelCard.load(config.init_from, verify_weights=False).version \
+        if config.init_from else None
+    return ModelCard(
+        name=config.name, version=config.version, architecture=config.architecture,
+        image_size=config.image_size, findings=config.findings,
+        preprocessing=preprocessing.to_dict(), thresholds=thresholds, weights_file="weights.pt",
+        weights_sha256=weights_sha256, training_data_fingerprint=data_fingerprint,
+        code_version=code_version(), intended_use=INTENDED_USE, parent_version=parent,
+        metrics=card_metrics, created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
+                 post: BatchedPostProcess, validation_set: DetectionDataset,
+                 validation_images: list[LabelledImage], labels: tuple[str, ...],
+                 preprocessing: PreprocessConfig, data_fingerprint: str,
+                 device: torch.device) -> Path:
+    """The best epoch as a model folder, with thresholds chosen for the target sensitivity."""
+    state = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    bench.model.load_state_dict(state)
+    predictions = predict_boxes(bench.model, post, validation_set, labels, device)
+    truth = ground_truth(validation_images)
+    thresholds = {}
+    for label in labels:
+        positives = metrics.image_positives(truth, label)
+        scores = metrics.image_scores(predictions, label)
+        thresholds[label] = (metrics.threshold_for_sensitivity(scores, positives,
+                                                               config.target_sensitivity)
+                             if positives.any() else 0.5)
+    report = metrics.evaluate(truth, predictions, labels, thresholds)
+    model_dir = out / "model"
+    model_dir.mkdir(exist_ok=True)
+    torch.save(state, model_dir / "weights.pt")
+    summary = {"map50": report["map50"], "map40": report["map40"],
+               "per_finding": {label: {k: report["per_finding"][label][k]
+                                       for k in ("sensitivity", "specificity", "auc", "ap50")}
+                               for label in labels}}
+    card = _card(config, preprocessing, thresholds, file_sha256(model_dir / "weights.pt"),
+                 data_fingerprint, {"validation": {
+                     "dataset": {"source": str(config.data), "images": len(validation_images),
+                                 "split": f"{config.validation_fraction:.0%} of patients, "
+                                          f"stratified by finding, seed {config.seed}"},
+                     "values": summary}})
+    card.save(model_dir)
+    (out / "validation_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    return model_dir
+

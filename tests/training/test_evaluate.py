@@ -1,0 +1,33 @@
+"""`cxr-node evaluate` writes the report a reviewer reads: JSON, Markdown and plots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.model.conftest import write_model
+from tests.peers import REPO
+
+
+def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
+    write_model(tmp_path / "model")
+    out = tmp_path / "report"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "node.cli", "evaluate", "--data", str(squares),
+         "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mAP@0.5" in result.stdout
+    report = json.loads((out / "metrics.json").read_text())
+    assert {"map50", "map40", "per_finding", "any_finding"} <= set(report)
+    mass = report["per_finding"]["Mass"]
+    assert {"sensitivity", "specificity", "auc", "ap50", "sensitivity_ci", "froc"} <= set(mass)
+    assert mass["tp"] + mass["fn"] == 32  # the squares set has 32 images with a Mass
+    assert report["per_finding"]["Nodule"]["sensitivity"] is None  # no Nodule in the set
+    summary = (out / "summary.md").read_text()
+    assert "| Mass |" in summary and "any finding" in summary
+    for plot in ("roc.png", "froc.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

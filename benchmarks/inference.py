@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,14 +41,16 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def images_per_second(run, batch: torch.Tensor, seconds: float, device: torch.device) -> float:
-    run(batch)  # warm-up (kernel selection, allocator)
-    run(batch)
+def timed_rate(step: Callable[[], object], items_per_step: int, seconds: float,
+               device: torch.device) -> float:
+    """Items per second of ``step`` over a ``seconds`` window, after two warm-up calls."""
+    step()  # warm-up (kernel selection, allocator)
+    step()
     _synchronise(device)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        run(batch)
-        count += batch.shape[0]
+        step()
+        count += items_per_step
     _synchronise(device)
     return count / (time.perf_counter() - started)
 
@@ -71,14 +74,15 @@ def main() -> None:
 
     stock_input = torch.randn(1, 3, args.size, args.size, device=device)
     with torch.inference_mode():
-        stock_rate = images_per_second(stock, stock_input, args.seconds, device)
+        stock_rate = timed_rate(lambda: stock(stock_input), 1, args.seconds, device)
     print(f"stock effdet, fp32, batch 1: {stock_rate:.1f} images/s")
 
     best_rate, best_batch = 0.0, 0
     for batch_size in (int(b) for b in args.batches.split(",")):
         batch = torch.randn(batch_size, 3, args.size, args.size, device=device)
         try:
-            rate = images_per_second(detector.raw_detections, batch, args.seconds, device)
+            rate = timed_rate(lambda batch=batch: detector.raw_detections(batch), batch_size,
+                              args.seconds, device)
         except torch.OutOfMemoryError:
             print(f"ours, batch {batch_size}: out of memory")
             break

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.inference import _card, _synchronise  # noqa: E402
+from benchmarks.inference import _card, timed_rate  # noqa: E402
 from model.detector import create_network  # noqa: E402
 
 
@@ -56,15 +55,7 @@ def images_per_second(card, batch_size: int, device: torch.device, seconds: floa
         loss.backward()
         optimizer.step()
 
-    step()
-    step()
-    _synchronise(device)
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        step()
-        count += batch_size
-    _synchronise(device)
-    return count / (time.perf_counter() - started)
+    return timed_rate(step, batch_size, seconds, device)
 
 
 def main() -> None:

@@ -50,33 +50,72 @@ class LabelledImage:
 
 
 def read_labels_csv(path: Path, vocabulary: Sequence[str] | None = None) -> list[LabelledImage]:
-    """Read a labels file; paths are relative to its folder. Bad rows name their line."""
+    """Read a labels file; paths are relative to its folder. Bad rows name their line.
+
+    Besides a bad value or box, a row is refused when it has the wrong number of fields,
+    gives coordinates without a label, makes an image both normal and boxed (or normal
+    twice), or disagrees with the image's earlier rows on patient, study, instance or size.
+    """
     path = Path(path)
     grouped: dict[str, dict] = {}
-    with open(path, newline="") as handle:
+    normal_files: set[str] = set()
+    with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = set(LABEL_COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
         for line, row in enumerate(reader, start=2):
             try:
-                image = grouped.setdefault(row["file"], {
-                    "path": path.parent / row["file"], "patient_id": row["patient_id"],
-                    "study_uid": row["study_uid"], "sop_instance_uid": row["sop_instance_uid"],
-                    "rows": int(row["rows"]), "columns": int(row["columns"]), "boxes": []})
-                if row["label"]:
-                    if vocabulary is not None and row["label"] not in vocabulary:
-                        raise ValueError(f'label "{row["label"]}" is not in the vocabulary')
-                    box = LabelledBox(row["label"], *(float(row[k]) for k in ("x1", "y1", "x2",
-                                                                               "y2")))
-                    if not (0 <= box.x1 < box.x2 <= image["columns"]
-                            and 0 <= box.y1 < box.y2 <= image["rows"]):
-                        raise ValueError(f"box {box} is empty or outside the image")
-                    image["boxes"].append(box)
+                _check_field_count(row, len(reader.fieldnames))
+                file = row["file"]
+                instance = {"path": path.parent / file, "patient_id": row["patient_id"],
+                            "study_uid": row["study_uid"],
+                            "sop_instance_uid": row["sop_instance_uid"],
+                            "rows": int(row["rows"]), "columns": int(row["columns"])}
+                image = grouped.get(file)
+                if image is None:
+                    image = grouped[file] = {**instance, "boxes": []}
+                else:
+                    _check_same_image(file, image, instance)
+                if not row["label"]:
+                    if any(row[k] for k in ("x1", "y1", "x2", "y2")):
+                        raise ValueError("coordinates without a label")
+                    if image["boxes"]:
+                        raise ValueError(f"{file} is both normal and boxed")
+                    if file in normal_files:
+                        raise ValueError(f"{file} has more than one normal row")
+                    normal_files.add(file)
+                    continue
+                if file in normal_files:
+                    raise ValueError(f"{file} is both normal and boxed")
+                if vocabulary is not None and row["label"] not in vocabulary:
+                    raise ValueError(f'label "{row["label"]}" is not in the vocabulary')
+                box = LabelledBox(row["label"], *(float(row[k]) for k in ("x1", "y1", "x2",
+                                                                           "y2")))
+                if not (0 <= box.x1 < box.x2 <= image["columns"]
+                        and 0 <= box.y1 < box.y2 <= image["rows"]):
+                    raise ValueError(f"box {box} is empty or outside the image")
+                image["boxes"].append(box)
             except (KeyError, ValueError) as exc:
                 raise ValueError(f"{path}, line {line}: {exc}") from None
     return [LabelledImage(**{**fields, "boxes": tuple(fields["boxes"])})
             for fields in grouped.values()]
+
+
+def _check_field_count(row: dict, expected: int) -> None:
+    """csv.DictReader pads a short row with None and puts a long row's extras under None."""
+    found = sum(value is not None for key, value in row.items() if key is not None)
+    found += len(row.get(None) or ())
+    if found != expected:
+        raise ValueError(f"{found} fields, expected {expected}")
+
+
+def _check_same_image(file: str, image: dict, instance: dict) -> None:
+    """Every row of one image must describe the same instance."""
+    for key in ("patient_id", "study_uid", "sop_instance_uid", "rows", "columns"):
+        if instance[key] != image[key]:
+            raise ValueError(f"{file} has {key} {instance[key]!r} here but {image[key]!r} on "
+                             f"an earlier row")
 
 
 def fingerprint(images: Sequence[LabelledImage]) -> str:

@@ -7,6 +7,7 @@ import pytest
 
 from model.preprocess import PreprocessConfig
 from training.dataset import (
+    LABEL_COLUMNS,
     DetectionDataset,
     LabelledBox,
     LabelledImage,
@@ -38,6 +39,39 @@ def test_bad_rows_are_reported_with_their_line(tmp_path, row, message):
                     "images/y.dcm,P0,1.2,1.4,100,100,,,,,\n" + row + "\n")
     with pytest.raises(ValueError, match=message):
         read_labels_csv(path, vocabulary=["Mass", "Nodule"])
+
+
+HEADER = ",".join(LABEL_COLUMNS) + "\n"
+NORMAL = "images/a.dcm,P,1.2,1.3,10,10,,,,,\n"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("file,patient_id\n", "missing columns"),
+    (HEADER + "images/a.dcm,P,1.2,1.3,10,10,Nodule,1,1,0.5,2\n", "line 2: box .* empty"),
+    (HEADER + "images/a.dcm,P,1.2,1.3,10,10,Nodule,1,1,2\n", "line 2: 10 fields, expected 11"),
+    (HEADER + "images/a.dcm,P,1.2,1.3,10,10,Nodule,1,1,2,2,3\n",
+     "line 2: 12 fields, expected 11"),
+    (HEADER + NORMAL + "images/a.dcm,P,1.2,1.3,10,10,Nodule,1,1,2,2\n",
+     "line 3: images/a.dcm is both normal and boxed"),
+    (HEADER + "images/a.dcm,P,1.2,1.3,10,10,Nodule,1,1,2,2\n" + NORMAL,
+     "line 3: images/a.dcm is both normal and boxed"),
+    (HEADER + NORMAL + NORMAL, "line 3: images/a.dcm has more than one normal row"),
+    (HEADER + "images/a.dcm,P,1.2,1.3,10,10,,1,1,2,2\n", "line 2: coordinates without a label"),
+    (HEADER + "images/a.dcm,P,1.2,1.3,10,10,Nodule,1,1,2,2\n"
+     "images/a.dcm,Q,1.2,1.3,10,10,Mass,3,3,4,4\n", "line 3: images/a.dcm has patient_id 'Q'"),
+    (HEADER + "images/a.dcm,P,1.2,1.3,10,10,Nodule,1,1,2,2\n"
+     "images/a.dcm,P,1.9,1.3,10,10,Mass,3,3,4,4\n", "line 3: images/a.dcm has study_uid"),
+    (HEADER + "images/a.dcm,P,1.2,1.3,10,10,Nodule,1,1,2,2\n"
+     "images/a.dcm,P,1.2,1.3,10,12,Mass,3,3,4,4\n", "line 3: images/a.dcm has columns 12"),
+], ids=["header", "degenerate-box", "short-row", "long-row", "normal-then-boxed",
+        "boxed-then-normal", "normal-twice", "coordinates-without-label",
+        "patient-disagrees", "study-disagrees", "size-disagrees"])
+def test_malformed_files_are_refused_naming_file_and_line(tmp_path, content, message):
+    path = tmp_path / "labels.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
+        read_labels_csv(path)
+    assert str(path) in str(error.value)
 
 
 def _image(patient: str, labels: list[str], n: int) -> LabelledImage:

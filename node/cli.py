@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
+    train.add_argument("--workers", type=int, default=1, help="data-loading processes")
     train.add_argument("--init-from", type=Path, help="model folder to fine-tune from")
     train.add_argument("--version", default="0.1.0", help="version written into the card")
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             data=args.data, out=args.out, architecture=args.architecture,
             image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.lr, seed=args.seed, device=args.device,
-            init_from=args.init_from, version=args.version))
+            init_from=args.init_from, version=args.version, workers=args.workers))
         print(f"best model: {model_dir}")
         return 0
     if args.command == "evaluate":

@@ -60,11 +60,14 @@ class TrainConfig:
     version: str = "0.1.0"
     findings: tuple[Finding, ...] = field(default=DEFAULT_FINDINGS)
     max_train_images: int | None = None
+    workers: int = 1  # data-loading processes beside the training one; 0 loads inline
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 or more, got {self.workers}")
         if not 0 < self.target_sensitivity < 1:
             raise ValueError(f"target_sensitivity {self.target_sensitivity} must be in (0, 1)")
 
@@ -185,10 +188,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             config.seed * 1000 + epoch)).tolist()
         totals = {"loss": 0.0, "class_loss": 0.0, "box_loss": 0.0}
         started = time.monotonic()
-        for step, first in enumerate(range(0, len(order), config.batch_size)):
-            batch, target = collate([train_set[i] for i in order[first:first + config.batch_size]])
-            batch = batch.to(device)
-            target = {k: [t.to(device) for t in v] for k, v in target.items()}
+        # Workers (forked each epoch, so they see this epoch's augmentation seed) prepare
+        # the next batches while the current one trains.
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=config.batch_size, sampler=order, collate_fn=collate,
+            num_workers=config.workers, pin_memory=device.type == "cuda")
+        for step, (batch, target) in enumerate(loader):
+            batch = batch.to(device, non_blocking=True)
+            target = {k: [t.to(device, non_blocking=True) for t in v] for k, v in target.items()}
             with _autocast(device):
                 losses = bench(batch, target)
             optimizer.zero_grad(set_to_none=True)

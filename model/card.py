@@ -53,6 +53,9 @@ class ModelCard:
     code_version: str
     intended_use: str
     parent_version: str | None = None
+    # EfficientDet's anchor size relative to the feature stride (effdet's default is 4);
+    # smaller anchors let small findings such as nodules be matched at a given input size.
+    anchor_scale: float = 4.0
     # {"<dataset name>": {"dataset": {...what it was measured on...}, "values": {...}}}
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
@@ -68,6 +71,8 @@ class ModelCard:
                 or self.image_size % _INPUT_STRIDE:
             raise CardError(f"image_size: {self.image_size!r} must be a positive multiple of "
                             f"{_INPUT_STRIDE}")
+        if not isinstance(self.anchor_scale, (int, float)) or not 0.5 <= self.anchor_scale <= 8:
+            raise CardError(f"anchor_scale: {self.anchor_scale!r} must be between 0.5 and 8")
         if not self.findings:
             raise CardError("findings: at least one finding is required")
         labels = [f.label for f in self.findings]

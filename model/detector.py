@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from effdet import create_model
+from effdet import create_model_from_config, get_efficientdet_config
 from effdet.anchors import Anchors, decode_box_outputs
 from torchvision.ops import nms
 
@@ -46,8 +46,10 @@ class Detection:
 
 def create_network(card: ModelCard, bench_task: str = "") -> torch.nn.Module:
     """The effdet network for ``card``; ``bench_task="train"`` wraps it for training."""
-    return create_model(
-        card.architecture,
+    config = get_efficientdet_config(card.architecture)
+    config.anchor_scale = card.anchor_scale  # not among create_model's keyword overrides
+    return create_model_from_config(
+        config,
         bench_task=bench_task,
         num_classes=card.num_classes,
         pretrained=False,

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, type=Path, help="run folder (resumes if present)")
     train.add_argument("--architecture", default="tf_efficientdet_d0")
     train.add_argument("--image-size", type=int, default=512)
+    train.add_argument("--anchor-scale", type=float, default=4.0,
+                       help="EfficientDet anchor size per stride (smaller finds smaller objects)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lr", type=float, default=1e-3)
@@ -59,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     evaluate.add_argument("--out", required=True, type=Path)
     evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--record-in-card", metavar="NAME",
+                          help="also write the figures into the model card as metrics[NAME]")
     return parser
 
 
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = train(TrainConfig(
             data=args.data, out=args.out, architecture=args.architecture,
-            image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+            image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
+            batch_size=args.batch_size,
             learning_rate=args.lr, seed=args.seed, device=args.device,
             init_from=args.init_from, version=args.version, workers=args.workers))
         print(f"best model: {model_dir}")
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
         from training.evaluate import evaluate_model
 
-        report = evaluate_model(args.model, args.data, args.out, args.device)
+        report = evaluate_model(args.model, args.data, args.out, args.device,
+                                args.record_in_card)
         print(f"mAP@0.5 {report['map50']:.3f}, mAP@0.4 {report['map40']:.3f}; "
               f"report in {args.out}")
         return 0

@@ -8,6 +8,7 @@ image) and AP at IoU 0.4 and 0.5; the same for "any finding" against normal imag
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,7 @@ import pydicom  # noqa: E402
 
 from model.detector import Detector  # noqa: E402
 from training import metrics  # noqa: E402
-from training.dataset import read_labels_csv  # noqa: E402
+from training.dataset import fingerprint, read_labels_csv  # noqa: E402
 from training.train import ground_truth  # noqa: E402
 
 BATCH = 16
@@ -36,8 +37,12 @@ def predict_set(detector: Detector, paths: list[Path]) -> list[list[metrics.Pred
 
 
 def evaluate_model(model_dir: Path, data_dir: Path, out_dir: Path,
-                   device: str | None = None) -> dict:
-    """Evaluate ``model_dir`` on ``data_dir/labels.csv``; write the report to ``out_dir``."""
+                   device: str | None = None, record_as: str | None = None) -> dict:
+    """Evaluate ``model_dir`` on ``data_dir/labels.csv``; write the report to ``out_dir``.
+
+    With ``record_as``, the headline figures and a description of the data are also
+    written into the model card under ``metrics[record_as]``.
+    """
     detector = Detector.load(Path(model_dir), device)
     card = detector.card
     images = read_labels_csv(Path(data_dir) / "labels.csv", vocabulary=card.labels)
@@ -52,6 +57,17 @@ def evaluate_model(model_dir: Path, data_dir: Path, out_dir: Path,
     (out / "summary.md").write_text(summary_markdown(report, card.labels))
     _plot_roc(truth, predictions, card.labels, out / "roc.png")
     _plot_froc(truth, predictions, card.labels, out / "froc.png")
+    if record_as:
+        values = {"map50": report["map50"], "map40": report["map40"],
+                  "any_finding": {k: report["any_finding"][k]
+                                  for k in ("sensitivity", "specificity", "auc")},
+                  "per_finding": {label: {k: report["per_finding"][label][k]
+                                          for k in ("sensitivity", "specificity", "auc", "ap50")}
+                                  for label in card.labels}}
+        dataset = {"labels": str(Path(data_dir) / "labels.csv"), "images": len(images),
+                   "fingerprint": fingerprint(images)}
+        replace(card, metrics={**card.metrics, record_as: {"dataset": dataset,
+                                                           "values": values}}).save(model_dir)
     return report
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     out: Path
     architecture: str = "tf_efficientdet_d0"
     image_size: int = 512
+    anchor_scale: float = 4.0
     epochs: int = 30
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -243,6 +244,7 @@ def _card(config: TrainConfig, preprocessing: PreprocessConfig, thresholds: dict
         preprocessing=preprocessing.to_dict(), thresholds=thresholds, weights_file="weights.pt",
         weights_sha256=weights_sha256, training_data_fingerprint=data_fingerprint,
         code_version=code_version(), intended_use=INTENDED_USE, parent_version=parent,
+        anchor_scale=config.anchor_scale,
         metrics=card_metrics, created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from model.card import ModelCard
 from tests.model.conftest import write_model
 from tests.peers import REPO
 
@@ -16,7 +17,8 @@ def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "node.cli", "evaluate", "--data", str(squares),
-         "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu"],
+         "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu",
+         "--record-in-card", "squares"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
 
     assert result.returncode == 0, result.stderr[-2000:]
@@ -29,5 +31,8 @@ def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
     assert report["per_finding"]["Nodule"]["sensitivity"] is None  # no Nodule in the set
     summary = (out / "summary.md").read_text()
     assert "| Mass |" in summary and "any finding" in summary
+    recorded = ModelCard.load(tmp_path / "model").metrics["squares"]
+    assert recorded["dataset"]["images"] == 48
+    assert recorded["values"]["map50"] == report["map50"]
     for plot in ("roc.png", "froc.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -110,6 +110,19 @@ class BatchedPostProcess(torch.nn.Module):
         return out
 
 
+def rows_to_original(rows: np.ndarray, letterbox: Letterbox) -> list[tuple[np.ndarray, float, int]]:
+    """Post-processed rows of one image -> (box in original pixels, score, class index).
+
+    Unused rows (score 0) and boxes that lie wholly in the padding (empty once clipped to
+    the image) are dropped.
+    """
+    kept = rows[rows[:, 4] > 0]
+    boxes = letterbox.to_original(kept[:, :4].astype(np.float64))
+    return [(box, float(score), int(cls))
+            for box, score, cls in zip(boxes, kept[:, 4], kept[:, 5], strict=True)
+            if box[2] > box[0] and box[3] > box[1]]
+
+
 class Detector:
     """A loaded model: datasets in, detections in original pixel coordinates out."""
 
@@ -159,14 +172,11 @@ class Detector:
         results = []
         for per_image, letterbox in zip(rows, letterboxes, strict=True):
             detections = []
-            for x1, y1, x2, y2, score, cls in per_image:
-                if score <= 0:
-                    continue
-                finding = self.card.findings[int(cls)]
+            for box, score, cls in rows_to_original(per_image, letterbox):
+                finding = self.card.findings[cls]
                 if apply_thresholds and score < self.card.thresholds[finding.label]:
                     continue
-                box = letterbox.to_original(np.array([[x1, y1, x2, y2]], dtype=np.float64))[0]
-                detections.append(Detection(finding, float(score), tuple(float(v) for v in box)))
+                detections.append(Detection(finding, score, tuple(float(v) for v in box)))
             results.append(detections)
         return results
 

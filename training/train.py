@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from model.card import ModelCard, file_sha256
-from model.detector import BatchedPostProcess, create_network
+from model.detector import BatchedPostProcess, create_network, rows_to_original
 from model.preprocess import PreprocessConfig, to_tensor
 from model.vocabulary import DEFAULT_FINDINGS, Finding
 from training import metrics
@@ -107,10 +106,9 @@ def predict_boxes(network: torch.nn.Module, post: BatchedPostProcess,
                 class_out, box_out = network(batch)
             rows = post([c.float() for c in class_out], [b.float() for b in box_out]).cpu()
             for i, per_image in zip(indices, rows.numpy(), strict=True):
-                kept = per_image[per_image[:, 4] > 0]
-                boxes = dataset.letterboxes[i].to_original(kept[:, :4].astype(np.float64))
-                results.append([metrics.PredictedBox(*box, label=labels[int(c)], score=float(s))
-                                for box, s, c in zip(boxes, kept[:, 4], kept[:, 5], strict=True)])
+                results.append([metrics.PredictedBox(*box, label=labels[c], score=score)
+                                for box, score, c in rows_to_original(per_image,
+                                                                      dataset.letterboxes[i])])
     return results
 
 

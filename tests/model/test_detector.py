@@ -98,3 +98,20 @@ def test_an_image_scores_the_same_alone_or_in_a_batch(tiny_model):
     assert len(alone) == len(batched)
     assert np.allclose(sorted(d.score for d in alone), sorted(d.score for d in batched),
                        atol=1e-4)
+
+
+def test_boxes_wholly_in_the_padding_are_dropped():
+    from model.detector import rows_to_original
+    from model.preprocess import Letterbox
+
+    letterbox = Letterbox.fit(rows=100, columns=200, image_size=256)  # padding above and below
+    rows = np.zeros((3, 6), dtype=np.float32)
+    rows[0] = [10, 100, 60, 150, 0.9, 2]  # on the image
+    rows[1] = [10, 0, 60, 40, 0.8, 4]  # in the top padding: empty once clipped
+    # rows[2] is unused (score 0)
+
+    kept = rows_to_original(rows, letterbox)
+
+    assert [(round(score, 1), cls) for _, score, cls in kept] == [(0.9, 2)]
+    x1, y1, x2, y2 = kept[0][0]
+    assert 0 <= y1 < y2 <= 100 and 0 <= x1 < x2 <= 200

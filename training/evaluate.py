@@ -133,3 +133,21 @@ def _plot_froc(truth, predictions, labels, path: Path) -> None:  # noqa: ANN001
     axis.legend(fontsize=7, loc="lower right")
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
+
+
+def plot_training_curves(metrics_jsonl: Path, path: Path) -> None:
+    """Loss and validation mAP per epoch, from a run's ``metrics.jsonl``."""
+    epochs = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line]
+    x = [e["epoch"] for e in epochs]
+    figure, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "class_loss", "box_loss"):
+        loss_axis.plot(x, [e[key] for e in epochs], marker="o", label=key)
+    loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Loss")
+    loss_axis.legend()
+    for key, name in (("map50", "mAP@0.5"), ("map40", "mAP@0.4")):
+        map_axis.plot(x, [e[key] for e in epochs], marker="o", label=name)
+    map_axis.set(xlabel="epoch", ylabel="validation mAP", ylim=(0, 1), title="Validation")
+    map_axis.legend()
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+

@@ -2,8 +2,9 @@
 cosine decay, AMP on a GPU, checkpoints and resume, and mAP on a patient split each epoch.
 
 Every run writes a run folder: ``config.json`` (the resolved configuration),
-``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (the last epoch, for resume),
-and ``model/`` (the best epoch's weights and card, thresholds chosen on validation).
+``metrics.jsonl`` (one line per epoch), ``training_curves.png``, ``checkpoint.pt`` (the
+last epoch, for resume), and ``model/`` (the best epoch's weights and card, thresholds
+chosen on validation).
 """
 
 from __future__ import annotations
@@ -228,6 +229,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                     "scheduler": scheduler.state_dict(), "epoch": epoch,
                     "best_map50": best_map}, checkpoint_path)
 
+    from training.evaluate import plot_training_curves  # matplotlib only when a run ends
+
+    plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
     return _write_model(config, out, bench, post, validation_set, validation_images, labels,
                         preprocessing, fingerprint(images), device)
 

@@ -23,6 +23,7 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_model(squares, tmp_path
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[-1]["loss"] < 0.6 * epochs[0]["loss"]
     assert {"map50", "map40", "class_loss", "box_loss"} <= set(epochs[0])
+    assert (tmp_path / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["image_size"] == 256 and saved["epochs"] == 3
 

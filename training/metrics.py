@@ -293,11 +293,14 @@ def auc(scores: Any, positives: Any) -> float:
 
 
 def threshold_for_sensitivity(scores: Any, positives: Any, target: float = 0.90) -> float:
-    """The highest threshold whose sensitivity is >= ``target``.
+    """An operating threshold for ``target`` sensitivity with the best specificity.
 
-    Sensitivity only changes at positive images' scores, so the answer is the k-th highest
-    positive score for the smallest k with k / n_positive >= target; any higher threshold
-    misses the target, and a lower one can only lose specificity.
+    Sensitivity only changes at positive images' scores, so the highest threshold that
+    reaches the target is the k-th highest positive score for the smallest k with
+    k / n_positive >= target. Every threshold between it and the highest negative score
+    below it has the same specificity, so the threshold is placed midway into that gap
+    (down to 0 when no negative lies below): the same specificity on these images, and
+    the most room for new positives that score a little lower.
     """
     scores, flags = _check_scores(scores, positives)
     if not isinstance(target, Real) or not 0.0 < target <= 1.0:
@@ -306,7 +309,10 @@ def threshold_for_sensitivity(scores: Any, positives: Any, target: float = 0.90)
     if positive_scores.size == 0:
         raise ValueError("positives has no positive image; no threshold reaches a sensitivity")
     fractions = np.arange(1, positive_scores.size + 1) / positive_scores.size
-    return float(positive_scores[int(np.argmax(fractions >= target))])
+    highest = float(positive_scores[int(np.argmax(fractions >= target))])
+    below = scores[~flags & (scores < highest)]
+    floor = float(below.max()) if below.size else 0.0
+    return (floor + highest) / 2
 
 
 def froc(ground_truth: GroundTruth, predictions: Predictions, label: str | None = None,

@@ -194,18 +194,27 @@ def test_roc_curve_of_the_tie_case():
     assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == 0.875
 
 
-def test_threshold_for_sensitivity_picks_the_highest_reaching_the_target():
-    # Ten positives scoring 0.9 ... 0.1 and 0.05; two negatives. 90% sensitivity needs 9 of 10
-    # positives called: the 9th highest positive score, 0.1. At 0.2 only 8 of 10 are called.
+def test_threshold_for_sensitivity_keeps_specificity_and_leaves_room_below():
+    # Ten positives scoring 0.9 ... 0.1 and 0.05; negatives 0.85, 0.35 and 0.02.
+    # 90% sensitivity needs 9 of 10 positives called: the 9th highest positive score, 0.1.
+    # The highest negative below 0.1 is 0.02, so any threshold in (0.02, 0.1] has the same
+    # specificity (1 of 3): the midpoint 0.06 is chosen; sensitivity there is still 0.9.
     positive_scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
-    scores = positive_scores + [0.85, 0.35]
-    positives = [True] * 10 + [False] * 2
-    assert threshold_for_sensitivity(scores, positives, 0.9) == 0.1
-    assert sensitivity_specificity(scores, positives, 0.1)["sensitivity"] == 0.9
+    scores = positive_scores + [0.85, 0.35, 0.02]
+    positives = [True] * 10 + [False] * 3
+    assert threshold_for_sensitivity(scores, positives, 0.9) == pytest.approx(0.06)
+    at_threshold = sensitivity_specificity(scores, positives, 0.06)
+    assert at_threshold["sensitivity"] == 0.9
+    assert at_threshold["specificity"] == sensitivity_specificity(scores, positives, 0.1)[
+        "specificity"] == pytest.approx(1 / 3)
     assert sensitivity_specificity(scores, positives, 0.2)["sensitivity"] == 0.8
-    # 70% needs 7 of 10 -> 0.3; 100% needs all -> the lowest positive, 0.05.
-    assert threshold_for_sensitivity(scores, positives, 0.7) == 0.3
-    assert threshold_for_sensitivity(scores, positives, 1.0) == 0.05
+    # 70% needs 7 of 10 -> highest 0.3; no negative in (0, 0.3) except 0.02 -> (0.02+0.3)/2.
+    assert threshold_for_sensitivity(scores, positives, 0.7) == pytest.approx(0.16)
+    # 100% needs all -> the lowest positive, 0.05; gap down to 0.02 -> 0.035.
+    assert threshold_for_sensitivity(scores, positives, 1.0) == pytest.approx(0.035)
+    # Perfectly separated (negatives all below): the threshold sits inside the gap.
+    assert threshold_for_sensitivity([0.9, 0.8, 0.3, 0.1], [True, True, False, False],
+                                     0.9) == pytest.approx(0.55)
 
 
 # --- FROC ----------------------------------------------------------------------------------

@@ -55,6 +55,25 @@ def timed_rate(step: Callable[[], object], items_per_step: int, seconds: float,
     return count / (time.perf_counter() - started)
 
 
+def best_of_batches(rate_for: Callable[[int], float], batches: str) -> tuple[float, int]:
+    """The best rate over comma-separated batch sizes, stopping at the first out-of-memory."""
+    best_rate, best_batch = 0.0, 0
+    for batch_size in (int(b) for b in batches.split(",")):
+        try:
+            rate = rate_for(batch_size)
+        except torch.OutOfMemoryError:
+            print(f"ours, batch {batch_size}: out of memory")
+            break
+        print(f"ours, batch {batch_size}: {rate:.1f} images/s")
+        if rate > best_rate:
+            best_rate, best_batch = rate, batch_size
+    return best_rate, best_batch
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--architecture", default="tf_efficientdet_d0")
@@ -77,22 +96,14 @@ def main() -> None:
         stock_rate = timed_rate(lambda: stock(stock_input), 1, args.seconds, device)
     print(f"stock effdet, fp32, batch 1: {stock_rate:.1f} images/s")
 
-    best_rate, best_batch = 0.0, 0
-    for batch_size in (int(b) for b in args.batches.split(",")):
+    def ours(batch_size: int) -> float:
         batch = torch.randn(batch_size, 3, args.size, args.size, device=device)
-        try:
-            rate = timed_rate(lambda batch=batch: detector.raw_detections(batch), batch_size,
-                              args.seconds, device)
-        except torch.OutOfMemoryError:
-            print(f"ours, batch {batch_size}: out of memory")
-            break
-        print(f"ours, batch {batch_size}: {rate:.1f} images/s")
-        if rate > best_rate:
-            best_rate, best_batch = rate, batch_size
+        return timed_rate(lambda: detector.raw_detections(batch), batch_size, args.seconds,
+                          device)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    best_rate, best_batch = best_of_batches(ours, args.batches)
     print(json.dumps({
-        "device": name, "model": args.architecture, "size": args.size,
+        "device": device_name(device), "model": args.architecture, "size": args.size,
         "ours_img_s": round(best_rate, 1), "ours_batch": best_batch,
         "stock_img_s": round(stock_rate, 1), "ratio": round(best_rate / stock_rate, 2),
     }))

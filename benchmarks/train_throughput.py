@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.inference import _card, timed_rate  # noqa: E402
+from benchmarks.inference import _card, best_of_batches, device_name, timed_rate  # noqa: E402
 from model.detector import create_network  # noqa: E402
 
 
@@ -72,18 +72,11 @@ def main() -> None:
     card = _card(args.architecture, args.size)
     plain = images_per_second(card, args.plain_batch, device, args.seconds, fast=False)
     print(f"plain effdet loop, fp32, batch {args.plain_batch}: {plain:.1f} images/s")
-    best, best_batch = 0.0, 0
-    for batch_size in (int(b) for b in args.batches.split(",")):
-        try:
-            rate = images_per_second(card, batch_size, device, args.seconds, fast=True)
-        except torch.OutOfMemoryError:
-            print(f"ours, batch {batch_size}: out of memory")
-            break
-        print(f"ours, batch {batch_size}: {rate:.1f} images/s")
-        if rate > best:
-            best, best_batch = rate, batch_size
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(json.dumps({"device": name, "model": args.architecture, "size": args.size,
+    best, best_batch = best_of_batches(
+        lambda batch_size: images_per_second(card, batch_size, device, args.seconds, fast=True),
+        args.batches)
+    print(json.dumps({"device": device_name(device), "model": args.architecture,
+                      "size": args.size,
                       "ours_img_s": round(best, 1), "ours_batch": best_batch,
                       "plain_img_s": round(plain, 1), "ratio": round(best / plain, 2)}))
 

@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 CONFIG ?= config/example.yaml
 # torch and torchvision must be installed as a matching pair (see README).
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
-DEBIAN_TOOLS := dcmtk dicom3tools orthanc
-TOOL_BINARIES := storescu echoscu storescp dciodvfy Orthanc
+DEBIAN_TOOLS := dcmtk dicom3tools orthanc openssl
+TOOL_BINARIES := storescu echoscu storescp dcmconv dcmcjpls dciodvfy Orthanc openssl
 
 .PHONY: run test bench tools lint clean
 

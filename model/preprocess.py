@@ -164,7 +164,7 @@ def _as_boxes(boxes: np.ndarray) -> np.ndarray:
     return array.copy()
 
 
-def _check_supported(ds: Dataset) -> None:
+def check_supported(ds: Dataset) -> None:
     """Refuse, before decoding, anything that is not one grey-scale integer frame."""
     if not isinstance(ds, Dataset):
         raise TypeError(f"ds must be a pydicom Dataset, got {type(ds).__name__}")
@@ -225,7 +225,7 @@ def pixels_for_display(ds: Dataset, config: PreprocessConfig | None = None) -> n
         When the dataset is not one decodable grey-scale frame, or has no contrast.
     """
     config = PreprocessConfig() if config is None else config
-    _check_supported(ds)
+    check_supported(ds)
     values = _apply_voi(apply_modality_lut(_decode(ds), ds), ds).astype(np.float64)
     low, high = np.percentile(values, [config.low_percentile, config.high_percentile])
     if not high > low:

@@ -377,11 +377,14 @@ class Listener:
         return rejection
 
     def _acceptor_count(self) -> int:
-        """Associations being served. A connection closed before its A-ASSOCIATE-RQ (a TCP
-        health check, a port scan) leaves pynetdicom's thread waiting out the ACSE timeout
-        with its DUL stopped; those do not count against the limit."""
+        """Associations being served: those whose peer has sent an A-ASSOCIATE-RQ.
+
+        A bare TCP connection (a health check, a port scan) leaves pynetdicom's thread
+        waiting out the ACSE timeout; it must not use up the limit meant for senders.
+        """
         return sum(1 for assoc in self._ae.active_associations
-                   if assoc.is_acceptor and assoc.dul.is_alive())
+                   if assoc.is_acceptor and assoc.dul.is_alive()
+                   and assoc.requestor.primitive is not None)
 
     def audit_security_alert(self, event_type: str, message: str, address: str,
                              calling_ae_title: str | None = None) -> None:

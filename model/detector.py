@@ -162,13 +162,16 @@ class Detector:
         return self.post_process([c.float() for c in class_out], [b.float() for b in box_out])
 
     def predict_images(self, images: Sequence[np.ndarray], letterboxes: Sequence[Letterbox],
-                       apply_thresholds: bool = True) -> list[list[Detection]]:
+                       apply_thresholds: bool = True,
+                       batch_size: int = 16) -> list[list[Detection]]:
         """Detections for preprocessed images, mapped back through their letterboxes."""
         if len(images) != len(letterboxes):
             raise ValueError(f"{len(images)} images but {len(letterboxes)} letterboxes")
         if not images:
             return []
-        rows = self.raw_detections(to_tensor(list(images))).cpu().numpy()
+        rows = np.concatenate([
+            self.raw_detections(to_tensor(list(images[start:start + batch_size]))).cpu().numpy()
+            for start in range(0, len(images), batch_size)])
         results = []
         for per_image, letterbox in zip(rows, letterboxes, strict=True):
             detections = []

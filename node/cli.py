@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from config.settings import ConfigError, Settings, load_settings
 
-LOGGER = logging.getLogger("cxr_node")
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "model" / "bundled"
 
 

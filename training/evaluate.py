@@ -20,7 +20,7 @@ import pydicom  # noqa: E402
 from model.detector import Detector  # noqa: E402
 from training import metrics  # noqa: E402
 from training.dataset import fingerprint, read_labels_csv  # noqa: E402
-from training.train import ground_truth  # noqa: E402
+from training.train import ground_truth, predicted_boxes  # noqa: E402
 
 BATCH = 16
 
@@ -30,9 +30,8 @@ def predict_set(detector: Detector, paths: list[Path]) -> list[list[metrics.Pred
     predictions: list[list[metrics.PredictedBox]] = []
     for start in range(0, len(paths), BATCH):
         datasets = [pydicom.dcmread(p) for p in paths[start:start + BATCH]]
-        for detections in detector.predict(datasets, apply_thresholds=False):
-            predictions.append([metrics.PredictedBox(*d.box, label=d.label, score=d.score)
-                                for d in detections])
+        predictions += [predicted_boxes(d)
+                        for d in detector.predict(datasets, apply_thresholds=False)]
     return predictions
 
 

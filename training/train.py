@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from model.card import ModelCard, file_sha256
-from model.detector import BatchedPostProcess, create_network, rows_to_original
-from model.preprocess import PreprocessConfig, to_tensor
+from model.detector import Detection, Detector, create_network
+from model.preprocess import PreprocessConfig
 from model.vocabulary import DEFAULT_FINDINGS, Finding
 from training import metrics
 from training.dataset import (
@@ -93,24 +93,16 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def predict_boxes(network: torch.nn.Module, post: BatchedPostProcess,
-                  dataset: DetectionDataset, labels: tuple[str, ...], device: torch.device,
-                  batch_size: int = 16) -> list[list[metrics.PredictedBox]]:
-    """All detections (no threshold) for a dataset, in original pixels."""
-    network.eval()
-    results: list[list[metrics.PredictedBox]] = []
-    with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            indices = range(start, min(start + batch_size, len(dataset)))
-            batch = to_tensor([dataset.pixels(i) for i in indices]).to(device)
-            with _autocast(device):
-                class_out, box_out = network(batch)
-            rows = post([c.float() for c in class_out], [b.float() for b in box_out]).cpu()
-            for i, per_image in zip(indices, rows.numpy(), strict=True):
-                results.append([metrics.PredictedBox(*box, label=labels[c], score=score)
-                                for box, score, c in rows_to_original(per_image,
-                                                                      dataset.letterboxes[i])])
-    return results
+def predicted_boxes(detections: list[Detection]) -> list[metrics.PredictedBox]:
+    return [metrics.PredictedBox(*d.box, label=d.label, score=d.score) for d in detections]
+
+
+def predict_dataset(detector: Detector,
+                    dataset: DetectionDataset) -> list[list[metrics.PredictedBox]]:
+    """All detections (no threshold) for a dataset's cached images, in original pixels."""
+    images = [dataset.pixels(i) for i in range(len(dataset))]
+    return [predicted_boxes(d) for d in detector.predict_images(
+        images, dataset.letterboxes, apply_thresholds=False)]
 
 
 def ground_truth(images: list[LabelledImage]) -> list[list[metrics.GroundTruthBox]]:
@@ -161,7 +153,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                            weights_only=True)
         bench.model.load_state_dict(state)
     bench.to(device)
-    post = BatchedPostProcess(bench.model).to(device)
+    # The node's own inference path, sharing the network being trained, scores validation.
+    detector = Detector(draft, bench.model, device)
     optimizer = torch.optim.AdamW(bench.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -210,7 +203,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                 print(f"\repoch {epoch + 1}/{config.epochs} [{done}/{steps_per_epoch}] "
                       f"loss {totals['loss'] / done:.4f}", end="", file=sys.stderr, flush=True)
         elapsed = time.monotonic() - started
-        predictions = predict_boxes(bench.model, post, validation_set, labels, device)
+        predictions = predict_dataset(detector, validation_set)
         map50, _ = metrics.mean_average_precision(truth, predictions, labels, 0.5)
         map40, _ = metrics.mean_average_precision(truth, predictions, labels, 0.4)
         record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in totals.items()},
@@ -232,8 +225,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     from training.evaluate import plot_training_curves  # matplotlib only when a run ends
 
     plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
-    return _write_model(config, out, bench, post, validation_set, validation_images, labels,
-                        preprocessing, fingerprint(images), device)
+    return _write_model(config, out, bench, detector, validation_set, validation_images,
+                        labels, preprocessing, fingerprint(images))
 
 
 def _card(config: TrainConfig, preprocessing: PreprocessConfig, thresholds: dict[str, float],
@@ -251,14 +244,13 @@ def _card(config: TrainConfig, preprocessing: PreprocessConfig, thresholds: dict
 
 
 def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
-                 post: BatchedPostProcess, validation_set: DetectionDataset,
+                 detector: Detector, validation_set: DetectionDataset,
                  validation_images: list[LabelledImage], labels: tuple[str, ...],
-                 preprocessing: PreprocessConfig, data_fingerprint: str,
-                 device: torch.device) -> Path:
+                 preprocessing: PreprocessConfig, data_fingerprint: str) -> Path:
     """The best epoch as a model folder, with thresholds chosen for the target sensitivity."""
     state = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
     bench.model.load_state_dict(state)
-    predictions = predict_boxes(bench.model, post, validation_set, labels, device)
+    predictions = predict_dataset(detector, validation_set)
     truth = ground_truth(validation_images)
     thresholds = {}
     for label in labels:

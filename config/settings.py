@@ -65,7 +65,11 @@ class Peer(_Section):
         return hosts
 
     def allows(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address)
+        """Whether ``address`` is one of this peer's hosts; an unparseable address is not."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
         return any(ip in ipaddress.ip_network(h, strict=False) for h in self.hosts)
 
 

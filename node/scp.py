@@ -350,7 +350,7 @@ class Listener:
         detail = ""
         if peer is None:
             rejection, detail = statuses.CALLING_AE_NOT_RECOGNISED, "unknown calling AE title"
-        elif not _address_allowed(peer, address):
+        elif not peer.allows(address):
             rejection = statuses.CALLING_AE_NOT_RECOGNISED
             detail = f"{calling} is not allowed from {address}"
         elif called != dicom.ae_title:
@@ -476,10 +476,3 @@ class Listener:
                              "association ended without a release (aborted or connection lost)",
                              calling_ae_title=assoc.requestor.ae_title.strip()[:16] or None,
                              peer_address=assoc.requestor.address)
-
-
-def _address_allowed(peer, address: str) -> bool:  # noqa: ANN001 - config.settings.Peer
-    try:
-        return peer.allows(address)
-    except ValueError:
-        return False

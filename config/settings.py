@@ -162,6 +162,66 @@ class NodeSettings(_Section):
         return value
 
 
+class WorkerSettings(_Section):
+    """Analysis workers: how they claim jobs and which model they run."""
+
+    # Run a worker inside `cxr-node serve`; turn off where `cxr-node worker` runs elsewhere.
+    run_in_serve: bool = True
+    # Empty: the bundled model. Otherwise a folder with card.json and the weights.
+    model_dir: Path | None = None
+    # "auto" picks CUDA when present, else the CPU; or "cpu", "cuda", "cuda:1".
+    device: str = "auto"
+    # A claimed job not finished within this time is taken again by another worker.
+    lease_seconds: float = Field(default=120.0, ge=5)
+    poll_interval_seconds: float = Field(default=0.2, gt=0, le=60)
+    # Jobs claimed at once; their images are batched through the model together.
+    max_jobs_per_batch: int = Field(default=8, ge=1, le=256)
+    images_per_batch: int = Field(default=16, ge=1, le=512)
+    # A job that failed this many times is marked failed and audited.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # Send a short SR "not analysed: <reason>" for studies the gate skipped.
+    report_not_analysed: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(f'"{value}" is not one of auto, cpu, cuda, cuda:<index>')
+        return value
+
+
+class Destination(_Section):
+    """A DICOM node that receives our results (a PACS or a viewer), and what it gets."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    send_sr: bool = True
+    send_gsps: bool = True
+    send_secondary_capture: bool = True
+    # A PACS without Comprehensive 3D SR storage gets the same report as Comprehensive SR.
+    sr_storage: str = Field(default="comprehensive-3d", pattern=r"^comprehensive(-3d)?$")
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    _check_title = field_validator("ae_title")(_check_ae_title)
+
+
+class SendingSettings(_Section):
+    """The outbox: retries with exponential back-off, then a dead letter."""
+
+    first_retry_delay_seconds: float = Field(default=5.0, gt=0)
+    backoff_factor: float = Field(default=2.0, ge=1)
+    max_retry_delay_seconds: float = Field(default=300.0, gt=0)
+    # A transfer still failing this long after it was queued becomes a dead letter.
+    max_age_seconds: float = Field(default=86400.0, gt=0)
+    poll_interval_seconds: float = Field(default=0.2, gt=0, le=60)
+    # A claimed transfer not finished within this time is taken again by another sender.
+    lease_seconds: float = Field(default=120.0, ge=5)
+    # Objects sent on one association at most.
+    max_objects_per_association: int = Field(default=100, ge=1, le=10000)
+
+
 class LoggingSettings(_Section):
     level: str = "INFO"
 
@@ -179,7 +239,22 @@ class Settings(_Section):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    sending: SendingSettings = Field(default_factory=SendingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_destination_names(cls, destinations: list[Destination]) -> list[Destination]:
+        names = [d.name for d in destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique, repeated: {duplicates}")
+        return destinations
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
 
     @property
     def device_uid(self) -> str:

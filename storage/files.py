@@ -152,6 +152,22 @@ class DicomFileStore:
         )
         return f"dicom/{parts[0]}/{parts[1]}/{parts[2]}.dcm"
 
+    @staticmethod
+    def result_path(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+        """``results/<study>/<series>/<sop>.dcm``: objects this node wrote, kept for resending."""
+        return "results" + DicomFileStore.relative_path(
+            study_uid, series_uid, sop_instance_uid).removeprefix("dicom")
+
+    def write_bytes(self, data: bytes, relative_path: str) -> Path:
+        """Store ``data`` durably under ``relative_path``, as crash-safe as received files."""
+        incoming = self.new_incoming(max_bytes=len(data))
+        try:
+            incoming.write(data)
+            return self.place(incoming, relative_path)
+        except BaseException:
+            incoming.discard()
+            raise
+
     def absolute(self, relative_path: str) -> Path:
         return self.data_dir / relative_path
 

@@ -1,10 +1,21 @@
-"""The job queue: one row per study generation to analyse, in the shared database."""
+"""The job queue: one row per study generation to analyse, in the shared database.
+
+Workers in any number of processes claim jobs under a lease (storage.leases: ``FOR
+UPDATE SKIP LOCKED`` on PostgreSQL). A worker that dies leaves a lease that
+expires, and the job is claimed again; a worker finishes a job only while its lease is
+still its own, in the same transaction that stores the results, so no job completes twice.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import Job, JobState, Study
+from storage.db import Database
+from storage.leases import claim
+from storage.models import Job, JobState, Study, utcnow
 
 
 def queue_study_job(session: Session, study: Study) -> Job:
@@ -17,3 +28,87 @@ def queue_study_job(session: Session, study: Study) -> Job:
     job = Job(study_id=study.id, study_generation=study.generation, state=JobState.QUEUED)
     session.add(job)
     return job
+
+
+def _claimable(now, max_attempts: int):  # noqa: ANN001, ANN202 - SQL expression
+    expired = and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+    return and_(or_(Job.state == JobState.QUEUED, expired), Job.attempts < max_attempts)
+
+
+def claim_jobs(db: Database, owner: str, lease_seconds: float, limit: int,
+               max_attempts: int) -> list[int]:
+    """Claim up to ``limit`` jobs (oldest first) for ``owner``; return their ids."""
+    now = utcnow()
+    with db.session() as session:
+        return claim(session, db.is_sqlite, Job, _claimable(now, max_attempts),
+                     (Job.created_at, Job.id), limit,
+                     {"state": JobState.RUNNING, "lease_owner": owner, "started_at": now,
+                      "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                      "attempts": Job.attempts + 1})
+
+
+def renew_lease(session: Session, job_id: int, owner: str, lease_seconds: float) -> bool:
+    """Extend our lease on a running job; False when it is no longer ours."""
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return changed == 1
+
+
+def finish_job(session: Session, job_id: int, owner: str) -> bool:
+    """Mark the job done if we still hold it; the caller commits results in the same session.
+
+    Returns False when another worker took the job over (our lease expired): the caller
+    must then roll back, so the job's results are stored once.
+    """
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
+        .values(state=JobState.DONE, finished_at=utcnow(), lease_expires_at=None, error=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return changed == 1
+
+
+def release_failed_job(session: Session, job_id: int, owner: str, error: str,
+                       max_attempts: int) -> JobState | None:
+    """Give a job back after an error: queued again, or failed after ``max_attempts``."""
+    job = session.get(Job, job_id)
+    if job is None or job.lease_owner != owner or job.state != JobState.RUNNING:
+        return None
+    job.state = JobState.FAILED if job.attempts >= max_attempts else JobState.QUEUED
+    job.error = error[:4000]
+    job.lease_expires_at = None
+    if job.state == JobState.FAILED:
+        job.finished_at = utcnow()
+    return job.state
+
+
+def return_unstarted_job(session: Session, job_id: int, owner: str) -> bool:
+    """Put back a job we claimed but never worked on (shutting down); no attempt is counted."""
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
+        .values(state=JobState.QUEUED, lease_owner=None, lease_expires_at=None,
+                attempts=Job.attempts - 1)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return changed == 1
+
+
+def fail_abandoned_jobs(session: Session, max_attempts: int) -> list[Job]:
+    """Jobs whose workers died ``max_attempts`` times: mark them failed, return them."""
+    now = utcnow()
+    jobs = session.scalars(
+        select(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
+                          Job.attempts >= max_attempts)
+    ).all()
+    for job in jobs:
+        job.state = JobState.FAILED
+        job.finished_at = now
+        job.error = (f"abandoned: lease of {job.lease_owner} expired after "
+                     f"{job.attempts} attempts")
+    return list(jobs)

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -128,6 +129,104 @@ class Job(Base):
         # The database, not the code, guarantees one job per study generation.
         UniqueConstraint("study_id", "study_generation", name="uq_jobs_study_generation"),
         Index("ix_jobs_state_created", "state", "created_at"),
+    )
+
+
+class ImageAnalysis(Base):
+    """What a job did with one image: analysed, or skipped with the reason why."""
+
+    __tablename__ = "image_analyses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    analysed: Mapped[bool] = mapped_column(Boolean)
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+
+    instance: Mapped[Instance] = relationship()
+
+    __table_args__ = (UniqueConstraint("job_id", "instance_id", name="uq_image_analyses_job"),)
+
+
+class FindingRecord(Base):
+    """One detection above its threshold: coded label, probability, box in original pixels."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    code_scheme: Mapped[str] = mapped_column(String(16))
+    code_value: Mapped[str] = mapped_column(String(64))
+    code_meaning: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Float)
+    # x1, y1, x2, y2 with (0, 0) the top-left corner of the first pixel (PS3.3 C.18.6.1.2).
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    instance: Mapped[Instance] = relationship()
+
+
+class ResultKind(StrEnum):
+    SR = "sr"  # TID 1500 measurement report with the findings (or "no findings")
+    NOT_ANALYSED_SR = "not-analysed-sr"  # says why the AI did not read the study
+    GSPS = "gsps"  # boxes and labels as a presentation state on the source images
+    SC = "sc"  # secondary capture with the boxes burned in
+
+
+class ResultObject(Base):
+    """A DICOM object this node wrote, kept on disk so every retry sends the same UIDs."""
+
+    __tablename__ = "result_objects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    kind: Mapped[ResultKind] = mapped_column(String(24))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TransferState(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    SENDING = "sending"  # claimed by a sender under a lease
+    SENT = "sent"
+    DEAD = "dead"  # gave up after the maximum age; `cxr-node transfers retry` re-queues
+
+
+class Transfer(Base):
+    """The outbox: one result object to one destination, retried with back-off."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("result_objects.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[TransferState] = mapped_column(String(16), default=TransferState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    result: Mapped[ResultObject] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("result_id", "destination", name="uq_transfers_result_destination"),
+        Index("ix_transfers_state_next_attempt", "state", "next_attempt_at"),
     )
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from storage.db import Database
-from storage.models import Base, Job, Series, Study
+from storage.db import MIGRATIONS_DIR, Database, make_engine
+from storage.models import Base, Job, Series, Study, Transfer
 
 
 def add_study(db: Database, study_uid: str = "1.2.3.4") -> int:
@@ -27,18 +30,28 @@ def test_migrated_schema_matches_models(database):
     assert differences == []
 
 
-def test_upgrade_keeps_existing_rows(database_url):
-    first = Database.connect(database_url)
-    add_study(first, "1.2.3.4")
-    first.dispose()
+def test_upgrade_from_first_release_keeps_existing_rows(database_url):
+    engine = make_engine(database_url)
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text("INSERT INTO studies (study_uid, state, generation, "
+                                "first_received_at, last_instance_at) VALUES ('1.2.3.4', "
+                                "'complete', 1, '2026-01-01', '2026-01-01')"))
+    engine.dispose()
 
-    second = Database.connect(database_url)
+    upgraded = Database.connect(database_url)
     try:
-        with second.session() as session:
+        with upgraded.session() as session:
             assert session.scalars(select(Study.study_uid)).all() == ["1.2.3.4"]
-            assert session.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+            head = ScriptDirectory.from_config(config).get_current_head()
+            assert session.scalar(text("SELECT version_num FROM alembic_version")) == head
+            assert head != "0001"
+            assert session.scalar(select(func.count(Transfer.id))) == 0  # new tables exist
     finally:
-        second.dispose()
+        upgraded.dispose()
 
 
 def test_one_job_per_study_generation(database):

@@ -1,0 +1,141 @@
+"""The findings as a Grayscale Softcopy Presentation State over the original images.
+
+A GSPS (PS3.3 A.33.1) draws the boxes and labels on the untouched source pixels, in a graphic
+layer the reader can switch off, with the source's own window. It also replaces the
+image's grey-scale pipeline: the GSPS pipeline has no MONOCHROME1 step, so Presentation LUT
+Shape INVERSE restates that inversion for MONOCHROME1 sources and IDENTITY leaves
+MONOCHROME2 as it is (PS3.3 C.11.6.1, PS3.4 N.2.1.1). One presentation LUT serves the
+whole object, hence one series of one polarity per GSPS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from highdicom import PresentationLUTShapeValues, PresentationLUTTransformation
+from highdicom.color import CIELabColor
+from highdicom.pr import (
+    AnnotationUnitsValues,
+    GraphicAnnotation,
+    GraphicLayer,
+    GraphicObject,
+    GraphicTypeValues,
+    GrayscaleSoftcopyPresentationState,
+    TextJustificationValues,
+    TextObject,
+)
+from pydicom.dataset import Dataset
+
+from model.preprocess import Photometric
+from node.results.common import (
+    LONG_STRING_MAX,
+    Algorithm,
+    ImageFinding,
+    ProducingDevice,
+    SeriesDescription,
+    check_findings,
+    check_producer,
+    check_sources,
+    closed_box,
+    copy_body_part,
+    stamp_device,
+)
+from node.results.overlay import BOX_COLOUR
+
+LAYER_NAME = "AI FINDINGS"  # Graphic Layer (0070,0002) is a CS: capitals, digits, space, _
+LAYER_DESCRIPTION = "Boxes and probabilities of the AI detector"
+CONTENT_LABEL = "AI_FINDINGS"  # Content Label (0070,0080), CS
+LUT_SHAPES = {
+    Photometric.MONOCHROME1: PresentationLUTShapeValues.INVERSE,
+    Photometric.MONOCHROME2: PresentationLUTShapeValues.IDENTITY,
+}
+
+
+def build_presentation_state(
+    sources: Sequence[Dataset],
+    findings: Sequence[ImageFinding],
+    device: ProducingDevice,
+    algorithm: Algorithm,
+    *,
+    series_number: int = 9002,
+) -> Dataset:
+    """A GSPS referencing every image of one source series, with a closed POLYLINE box and a
+    text label per finding in the layer "AI FINDINGS"; the VOI window comes from the images.
+
+    Raises
+    ------
+    ValueError
+        When the sources span several series or mix MONOCHROME1 and MONOCHROME2, or a finding
+        does not lie on one of them.
+    """
+    sources = check_sources(sources)
+    check_producer(device, algorithm)
+    findings = check_findings(sources, findings)
+    series = sorted({str(ds.SeriesInstanceUID) for ds in sources})
+    if len(series) != 1:
+        raise ValueError(f"a presentation state covers one series; sources span SeriesInstanceUIDs "
+                         f"{series}: build one per series")
+    photometrics = sorted({str(ds.get("PhotometricInterpretation")) for ds in sources})
+    if len(photometrics) != 1 or photometrics[0] not in LUT_SHAPES:
+        raise ValueError(f"sources must all be MONOCHROME1 or all MONOCHROME2, got "
+                         f"PhotometricInterpretation {photometrics}")
+    layer = GraphicLayer(LAYER_NAME, order=1, description=LAYER_DESCRIPTION,
+                         display_color=CIELabColor.from_rgb(*BOX_COLOUR))
+    annotations = []
+    for ds in sources:
+        mine = [item for item in findings if item.source_sop_instance_uid == ds.SOPInstanceUID]
+        if mine:
+            annotations.append(GraphicAnnotation(
+                referenced_images=[ds],
+                graphic_layer=layer,
+                graphic_objects=[
+                    GraphicObject(GraphicTypeValues.POLYLINE, closed_box(item.box),
+                                  AnnotationUnitsValues.PIXEL)
+                    for item in mine],
+                text_objects=[_label(item, ds) for item in mine],
+            ))
+    description = f"AI findings of {algorithm.name} {algorithm.version}"
+    gsps = GrayscaleSoftcopyPresentationState(
+        referenced_images=sources,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=device.manufacturer,
+        manufacturer_model_name=device.name,
+        software_versions=device.software_version,
+        device_serial_number=None,
+        content_label=CONTENT_LABEL,
+        content_description=(description if len(description) <= LONG_STRING_MAX
+                             else "AI findings"),
+        graphic_annotations=annotations or None,
+        graphic_layers=[layer] if annotations else None,
+        presentation_lut_transformation=PresentationLUTTransformation(
+            presentation_lut_shape=LUT_SHAPES[Photometric(photometrics[0])]),
+        series_description=str(SeriesDescription.PRESENTATION_STATE),
+    )
+    copy_body_part(gsps, sources[0])
+    stamp_device(gsps, device)
+    return gsps
+
+
+def _label(item: ImageFinding, image: Dataset) -> TextObject:
+    """The label in a bounding box just above the box (inside it when the box touches the
+    top edge), sized like the burned-in label: 1/50 of the image's longer side, so a viewer
+    that fits the text to the box draws it at a readable size."""
+    rows, columns = float(image.Rows), float(image.Columns)
+    height = min(rows, max(12.0, max(rows, columns) / 50.0))
+    width = min(columns, 0.6 * height * len(item.label))
+    x1, y1 = float(item.box[0]), float(item.box[1])
+    top = y1 - height if y1 >= height else y1
+    top = min(top, rows - height)
+    left = min(x1, columns - width)
+    return TextObject(
+        text_value=item.label,
+        units=AnnotationUnitsValues.PIXEL,
+        bounding_box=(left, top, left + width, top + height),
+        anchor_point=(x1, y1),
+        anchor_point_visible=False,
+        text_justification=TextJustificationValues.LEFT,
+    )

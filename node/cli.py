@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from config.settings import ConfigError, Settings, load_settings
-
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "model" / "bundled"
+from model import BUNDLED_MODEL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +18,20 @@ def _parser() -> argparse.ArgumentParser:
                         "else built-in defaults); CXR_NODE_<SECTION>__<KEY> overrides any key")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("serve", help="run the node: DICOM listener and study completion")
+    commands.add_parser("serve", help="run the node: listener, completion, worker and sender")
+    commands.add_parser("worker", help="run an analysis worker and a sender only (scale-out: "
+                        "more of these on hosts that share the database and storage)")
+
+    demo = commands.add_parser("demo", help="the whole loop on this machine: node, a PACS, "
+                               "generated studies and a real one, results and latency")
+    demo.add_argument("--out", required=True, type=Path, help="folder for the demo's files")
+
+    transfers = commands.add_parser("transfers", help="result transfers: pending, dead letters")
+    transfers.add_argument("--all", action="store_true", help="include sent transfers")
+    transfers.add_argument("--limit", type=int, default=50)
+    transfer_actions = transfers.add_subparsers(dest="action")
+    retry = transfer_actions.add_parser("retry", help="queue dead letters again")
+    retry.add_argument("ids", nargs="*", type=int, help="transfer ids (default: every dead one)")
 
     echo = commands.add_parser("echo", help="send a C-ECHO to a DICOM node")
     echo.add_argument("host")
@@ -94,30 +105,6 @@ def echo(host: str, port: int, calling: str, called: str) -> int:
     return 0 if status.Status == 0 else 1
 
 
-def list_studies(settings: Settings, limit: int) -> int:
-    from storage.db import Database
-    from storage.models import Instance, Job, Series, Study
-
-    db = Database.connect(settings.storage.resolved_database_url(),
-                          settings.storage.sqlite_busy_timeout_seconds)
-    with db.session() as session:
-        instances = (select(func.count(Instance.id)).join(Series)
-                     .where(Series.study_id == Study.id).scalar_subquery())
-        latest_job = (select(Job.state).where(Job.study_id == Study.id)
-                      .order_by(Job.id.desc()).limit(1).scalar_subquery())
-        rows = session.execute(
-            select(Study.study_uid, Study.patient_id, instances, Study.state, Study.generation,
-                   Study.last_instance_at, latest_job)
-            .order_by(Study.last_instance_at.desc()).limit(limit)).all()
-    db.dispose()
-    print(f"{'study':<64}  {'patient':<12} {'inst':>4}  {'state':<9} {'gen':>3}  "
-          f"{'last instance (UTC)':<19}  job")
-    for uid, patient, count, state, generation, last, job in rows:
-        print(f"{uid:<64}  {(patient or '-')[:12]:<12} {count:>4}  {state:<9} {generation:>3}  "
-              f"{last:%Y-%m-%d %H:%M:%S}  {job or '-'}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -130,9 +117,29 @@ def main(argv: list[str] | None = None) -> int:
         from node.server import serve
 
         return serve(settings)
+    if args.command == "demo":
+        from node.demo import run_demo
+
+        logging.getLogger().setLevel(logging.WARNING)  # the table is the demo's output
+        warnings.filterwarnings("ignore", category=UserWarning, module="highdicom")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
+        summary = run_demo(args.out)
+        return 0 if summary["studies_with_results"] == summary["studies_sent"] else 1
+    if args.command == "worker":
+        from node.server import work
+
+        return work(settings)
+    if args.command == "transfers":
+        from node.admin import list_transfers, retry_transfers
+
+        if args.action == "retry":
+            return retry_transfers(settings, args.ids)
+        return list_transfers(settings, args.limit, args.all)
     if args.command == "echo":
         return echo(args.host, args.port, args.aet, args.aec)
     if args.command == "studies":
+        from node.admin import list_studies
+
         return list_studies(settings, args.limit)
     if args.command == "synth":
         from model.phantom import write_synthetic_set

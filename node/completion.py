@@ -9,13 +9,13 @@ instance re-opens the study (a new generation) and so gets a job of its own.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.ingest import ActiveStudies
+from node.loop import PollingThread
 from storage.db import Database
 from storage.jobs import queue_study_job
 from storage.models import Study, StudyState, utcnow
@@ -64,25 +64,19 @@ def complete_quiet_studies(db: Database, quiet_seconds: float, busy: frozenset[s
     return completed
 
 
-class CompletionMonitor(threading.Thread):
-    """Background thread that completes quiet studies every ``check_interval_seconds``."""
+class CompletionMonitor(PollingThread):
+    """Completes quiet studies every ``check_interval_seconds``; wakes the worker when it did."""
 
     def __init__(self, db: Database, active: ActiveStudies, quiet_seconds: float,
                  check_interval_seconds: float) -> None:
-        super().__init__(name="completion-monitor", daemon=True)
+        super().__init__("completion-monitor", check_interval_seconds)
         self.db = db
         self.active = active
         self.quiet_seconds = quiet_seconds
-        self.check_interval_seconds = check_interval_seconds
-        self._stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self._stopping.wait(self.check_interval_seconds):
-            try:
-                complete_quiet_studies(self.db, self.quiet_seconds, self.active.snapshot())
-            except Exception:  # noqa: BLE001 - keep monitoring; the database may come back
-                LOGGER.exception("completion check failed; retrying")
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(timeout=10)
+    def step(self) -> int:
+        completed = complete_quiet_studies(self.db, self.quiet_seconds, self.active.snapshot())
+        if completed:
+            for follower in self.followers:
+                follower.wake()
+        return 0  # a periodic check: always wait for the next interval

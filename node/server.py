@@ -1,4 +1,9 @@
-"""``cxr-node serve``: the embedded node in one process (listener and completion monitor)."""
+"""``cxr-node serve`` and ``cxr-node worker``: the node's parts, wired from one settings object.
+
+``serve`` is the embedded node in one process: listener, completion monitor, a worker
+(``worker.run_in_serve``) and the sender. ``worker`` runs a worker and a sender only, on
+this or another host sharing the database and the storage volume, to scale out.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import signal
 import threading
 
 from config.settings import Settings
+from model import BUNDLED_MODEL
 from node.completion import CompletionMonitor
 from node.ingest import ActiveStudies, Ingest
 from node.scp import Listener
+from node.sender import Sender, SenderThread
 from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
@@ -18,34 +25,64 @@ from storage.files import DicomFileStore
 LOGGER = logging.getLogger("cxr_node.server")
 
 
+def load_detector(settings: Settings):  # noqa: ANN201 - model.detector.Detector
+    """The configured model (or the bundled one) on the configured device."""
+    from model.detector import Detector  # torch is imported only where a model runs
+
+    device = None if settings.worker.device == "auto" else settings.worker.device
+    detector = Detector.load(settings.worker.model_dir or BUNDLED_MODEL, device=device)
+    LOGGER.info("model %s %s loaded on %s", detector.card.name, detector.card.version,
+                detector.device)
+    return detector
+
+
 class Node:
     """The running parts of one node process, wired from one settings object."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, receive: bool = True, analyse: bool = True) -> None:
         self.settings = settings
         storage = settings.storage
         self.db = Database.connect(storage.resolved_database_url(),
                                    storage.sqlite_busy_timeout_seconds)
         self.store = DicomFileStore(storage.data_dir)
-        self.active = ActiveStudies()
-        self.ingest = Ingest(settings, self.db, self.store, self.active)
-        self.listener = Listener(settings, self.db, self.store, self.ingest, self.active)
-        self.completion = CompletionMonitor(self.db, self.active,
-                                            settings.completion.study_quiet_seconds,
-                                            settings.completion.check_interval_seconds)
+        self.listener = self.completion = self.worker = None
+        if receive:
+            active = ActiveStudies()
+            ingest = Ingest(settings, self.db, self.store, active)
+            self.listener = Listener(settings, self.db, self.store, ingest, active)
+            self.completion = CompletionMonitor(self.db, active,
+                                                settings.completion.study_quiet_seconds,
+                                                settings.completion.check_interval_seconds)
+        if analyse:
+            from node.worker import Worker, WorkerThread
+
+            worker = Worker(settings, self.db, self.store, load_detector(settings))
+            self.worker = WorkerThread(worker, settings.worker.poll_interval_seconds)
+        self.sender = SenderThread(Sender(settings, self.db, self.store),
+                                   settings.sending.poll_interval_seconds)
+        # In one process the parts wake each other instead of waiting for their next poll.
+        if self.worker and self.completion:
+            self.completion.followers.append(self.worker)
+        if self.worker:
+            self.worker.followers.append(self.sender)
+
+    @property
+    def parts(self) -> list:
+        return [p for p in (self.listener, self.completion, self.worker, self.sender) if p]
 
     def start(self) -> None:
         stale = self.store.remove_stale_incoming()
         if stale:
             LOGGER.warning("removed %d unfinished transfers left by a previous run", stale)
-        self.listener.start()
-        self.completion.start()
-        self._audit("node-started", f"listening as {self.settings.dicom.ae_title} on port "
-                    f"{self.listener.port}; removed {stale} unfinished transfers")
+        for part in self.parts:
+            part.start()
+        where = (f"listening as {self.settings.dicom.ae_title} on port {self.listener.port}"
+                 if self.listener else "worker and sender")
+        self._audit("node-started", f"{where}; removed {stale} unfinished transfers")
 
     def stop(self) -> None:
-        self.listener.stop()
-        self.completion.stop()
+        for part in self.parts:
+            part.stop()
         self._audit("node-stopped", "orderly shutdown")
         self.db.dispose()
 
@@ -55,15 +92,25 @@ class Node:
                          message, called_ae_title=self.settings.dicom.ae_title)
 
 
-def serve(settings: Settings) -> int:
-    """Run until SIGINT or SIGTERM; the listener answers as soon as this logs 'listening'."""
-    node = Node(settings)
+def _run_until_signalled(node: Node, started_line: str) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
     node.start()
-    print(f"cxr-node listening as {settings.dicom.ae_title} on "
-          f"{settings.dicom.bind_address}:{node.listener.port}", flush=True)
+    print(started_line, flush=True)
     stopping.wait()
     node.stop()
     return 0
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGINT or SIGTERM; the listener answers as soon as this logs 'listening'."""
+    node = Node(settings, receive=True, analyse=settings.worker.run_in_serve)
+    return _run_until_signalled(node, f"cxr-node listening as {settings.dicom.ae_title} on "
+                                      f"{settings.dicom.bind_address}:{node.listener.port}")
+
+
+def work(settings: Settings) -> int:
+    """A worker and a sender without a listener: more analysis capacity on a shared database."""
+    node = Node(settings, receive=False, analyse=True)
+    return _run_until_signalled(node, f"cxr-node worker {node.worker.worker.owner} ready")

@@ -92,3 +92,17 @@ def dataset_bytes(path: Path) -> bytes:
         raise ValueError(f"{path} does not start with a File Meta Information group length")
     group_length = int.from_bytes(data[140:144], "little")
     return data[144 + group_length:]
+
+
+def write_chest(directory: Path, seed: int, index: int, *, size: tuple[int, int] = (320, 384),
+                **attributes: object) -> Path:
+    """A synthetic chest radiograph (its own study) as a file; ``attributes`` override tags."""
+    from model.phantom import synthesize_case
+
+    ds = synthesize_case(seed, index, size_range=size).dataset
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"chest-{seed}-{index}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path

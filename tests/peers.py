@@ -71,11 +71,18 @@ class NodeProcess:
                      for t in ("STORESCU", "ECHOSCU", "FINDSCU", "PYSCU")],
                  "min_free_disk_bytes": 0}
         dicom.update(sections.pop("dicom", {}))
+        # No analysis worker unless a test asks for one: most tests are about receiving,
+        # and the model would only cost them start-up time.
         config = {"dicom": dicom,
                   "storage": {"data_dir": str(self.data_dir), "database_url": database_url},
-                  "completion": {"study_quiet_seconds": 1.0, "check_interval_seconds": 0.1}}
+                  "completion": {"study_quiet_seconds": 1.0, "check_interval_seconds": 0.1},
+                  "worker": {"run_in_serve": False, "device": "cpu"},
+                  "sending": {"poll_interval_seconds": 0.1}}
         for name, values in sections.items():
-            config.setdefault(name, {}).update(values)
+            if isinstance(values, dict):
+                config.setdefault(name, {}).update(values)
+            else:
+                config[name] = values
         self.config_path = self.workdir / "cxr-node.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.process: subprocess.Popen | None = None
@@ -201,6 +208,18 @@ class OrthancProcess:
                                          data=json.dumps(body).encode(), method="POST")
         with urllib.request.urlopen(request, timeout=120) as r:
             return json.loads(r.read())
+
+    def upload(self, dicom_file: Path) -> str:
+        """Store a file through the REST API (as an admin would import it); its Orthanc id."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances",
+                                         data=Path(dicom_file).read_bytes(), method="POST")
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return json.loads(r.read())["ID"]
+
+    def download(self, instance_id: str) -> bytes:
+        url = f"http://127.0.0.1:{self.http_port}/instances/{instance_id}/file"
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return r.read()
 
     def __exit__(self, *_: object) -> None:
         if self.process is not None:

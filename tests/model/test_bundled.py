@@ -7,10 +7,10 @@ import socket
 import pytest
 import torch
 
+from model import BUNDLED_MODEL
 from model.card import ModelCard
 from model.detector import Detector
 from model.golden import check_golden
-from node.cli import BUNDLED_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,209 @@
+"""The sender: result objects from the outbox to their destinations, over C-STORE.
+
+Per destination, the due transfers go over one association with a presentation context
+per SOP class (at most ``max_objects_per_association`` objects). Success or a warning
+status (PS3.4 B.2.3) marks a transfer sent; anything else, and a destination that does
+not answer, schedules a retry with back-off (storage.outbox), until the transfer is too
+old and becomes a dead letter. Every outcome is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import threading
+import uuid
+
+import pydicom
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from sqlalchemy import select
+
+from config.settings import Destination, Settings
+from node.loop import PollingThread
+from storage import audit
+from storage.audit import AuditEventId, Outcome
+from storage.db import Database
+from storage.files import DicomFileStore
+from storage.models import ResultObject, Study, Transfer, TransferState
+from storage.outbox import BackOff, claim_transfers, mark_failed, mark_sent
+
+LOGGER = logging.getLogger("cxr_node.sender")
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+# PS3.4 B.2.3: 0xB000, 0xB007 and 0xB006 are warnings; the object was stored.
+_STORED_WITH_WARNING = frozenset({0xB000, 0xB006, 0xB007})
+
+
+def backoff_from(settings: Settings) -> BackOff:
+    sending = settings.sending
+    return BackOff(sending.first_retry_delay_seconds, sending.backoff_factor,
+                   sending.max_retry_delay_seconds, sending.max_age_seconds)
+
+
+def _client_tls(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+    tls = destination.tls
+    if not tls.enabled:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(str(tls.ca_certificates))
+    context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    return context, destination.host
+
+
+def _why_not_established(association, where: str,  # noqa: ANN001 - pynetdicom
+                         connected: bool) -> str:
+    if not connected:
+        return f"cannot connect to {where} (connection refused or timed out)"
+    if association.is_rejected:
+        return f"{where} rejected the association (check its AE title and our calling AE)"
+    if association.is_aborted:
+        return f"{where} aborted the association"
+    return f"no association with {where} (no answer within the ACSE timeout)"
+
+
+class Sender:
+    """Sends what is due in the outbox; ``send_due`` is one pass, ``SenderThread`` loops it."""
+
+    def __init__(self, settings: Settings, db: Database, store: DicomFileStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.backoff = backoff_from(settings)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:sender:{uuid.uuid4().hex[:8]}"
+
+    def send_due(self) -> int:
+        """Send every due transfer once; return how many were sent."""
+        sending = self.settings.sending
+        claimed = claim_transfers(self.db, self.owner,
+                                  [d.name for d in self.settings.destinations],
+                                  sending.lease_seconds, sending.max_objects_per_association)
+        sent = 0
+        for name, transfer_ids in claimed.items():
+            destination = self.settings.destination(name)
+            sent += self._send_batch(destination, transfer_ids)
+        return sent
+
+    def _load(self, transfer_ids: list[int]) -> list[tuple[int, pydicom.Dataset | None, str]]:
+        """(transfer id, dataset or None, study UID) for each claimed transfer."""
+        loaded = []
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Transfer, Study.study_uid)
+                .join(ResultObject, ResultObject.id == Transfer.result_id)
+                .join(Study, Study.id == ResultObject.study_id)
+                .where(Transfer.id.in_(transfer_ids))
+                .order_by(Transfer.id)
+            ).all()
+            for transfer, study_uid in rows:
+                path = self.store.absolute(transfer.result.path)
+                try:
+                    loaded.append((transfer.id, pydicom.dcmread(path), study_uid))
+                except (OSError, pydicom.errors.InvalidDicomError) as exc:
+                    LOGGER.error("result file %s unreadable: %s", path, exc)
+                    loaded.append((transfer.id, None, study_uid))
+        return loaded
+
+    def _send_batch(self, destination: Destination, transfer_ids: list[int]) -> int:
+        items = self._load(transfer_ids)
+        ae = AE(ae_title=self.settings.dicom.ae_title)
+        ae.acse_timeout = self.settings.dicom.acse_timeout_seconds
+        ae.dimse_timeout = self.settings.dicom.dimse_timeout_seconds
+        ae.network_timeout = self.settings.dicom.network_timeout_seconds
+        for sop_class in sorted({str(ds.SOPClassUID) for _, ds, _ in items if ds is not None}):
+            ae.add_requested_context(sop_class, [EXPLICIT_VR_LITTLE_ENDIAN,
+                                                 IMPLICIT_VR_LITTLE_ENDIAN])
+        if not ae.requested_contexts:
+            ae.add_requested_context(Verification)
+        where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+        connected = threading.Event()
+        try:
+            association = ae.associate(destination.host, destination.port,
+                                       ae_title=destination.ae_title,
+                                       tls_args=_client_tls(destination),
+                                       evt_handlers=[(evt.EVT_CONN_OPEN,
+                                                      lambda _: connected.set())])
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            association, failure = None, f"cannot connect to {where}: {exc}"
+        else:
+            failure = _why_not_established(association, where, connected.is_set())
+        if association is None or not association.is_established:
+            for transfer_id, _, study_uid in items:
+                self._failed(transfer_id, study_uid, destination, failure)
+            return 0
+        sent = 0
+        try:
+            for position, (transfer_id, ds, study_uid) in enumerate(items):
+                if not association.is_established:
+                    for rest_id, _, rest_study in items[position:]:
+                        self._failed(rest_id, rest_study, destination,
+                                     f"association with {where} ended early")
+                    break
+                if ds is None:
+                    self._failed(transfer_id, study_uid, destination, "result file unreadable")
+                    continue
+                error = self._store_one(association, ds)
+                if error:
+                    self._failed(transfer_id, study_uid, destination, f"{where}: {error}", ds)
+                else:
+                    self._sent(transfer_id, study_uid, destination, ds)
+                    sent += 1
+        finally:
+            if association.is_established:
+                association.release()
+        return sent
+
+    @staticmethod
+    def _store_one(association, ds: pydicom.Dataset) -> str:  # noqa: ANN001 - pynetdicom
+        """Empty when stored; otherwise what went wrong."""
+        try:
+            status = association.send_c_store(ds)
+        except (ValueError, RuntimeError) as exc:
+            return f"not sent: {exc}"
+        if not status or "Status" not in status:
+            return "no C-STORE response (timeout or abort)"
+        code = int(status.Status)
+        if code == 0x0000 or code in _STORED_WITH_WARNING:
+            return ""
+        comment = status.get("ErrorComment", "")
+        return f"C-STORE status 0x{code:04X}{f' ({comment})' if comment else ''}"
+
+    def _sent(self, transfer_id: int, study_uid: str, destination: Destination,
+              ds: pydicom.Dataset) -> None:
+        with self.db.session() as session:
+            if not mark_sent(session, transfer_id, self.owner):
+                return
+            audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "result-sent",
+                         Outcome.SUCCESS, f"{ds.Modality} {ds.SOPClassUID} sent to "
+                         f"{destination.name}", called_ae_title=destination.ae_title,
+                         peer_address=destination.host, study_uid=study_uid,
+                         sop_instance_uid=str(ds.SOPInstanceUID))
+
+    def _failed(self, transfer_id: int, study_uid: str, destination: Destination, error: str,
+                ds: pydicom.Dataset | None = None) -> None:
+        with self.db.session() as session:
+            state = mark_failed(session, transfer_id, self.owner, error, self.backoff)
+            if state == TransferState.DEAD:
+                audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "transfer-dead-letter",
+                             Outcome.SERIOUS_FAILURE,
+                             f"transfer {transfer_id} to {destination.name} given up: {error}",
+                             called_ae_title=destination.ae_title,
+                             peer_address=destination.host, study_uid=study_uid,
+                             sop_instance_uid=str(ds.SOPInstanceUID) if ds else None)
+        if state == TransferState.PENDING:
+            LOGGER.warning("transfer %s to %s failed, will retry: %s", transfer_id,
+                           destination.name, error)
+
+
+class SenderThread(PollingThread):
+    """Runs :meth:`Sender.send_due` until stopped; woken early when results are queued."""
+
+    def __init__(self, sender: Sender, poll_interval_seconds: float) -> None:
+        super().__init__("sender", poll_interval_seconds)
+        self.sender = sender
+
+    def step(self) -> int:
+        return self.sender.send_due()

@@ -1,0 +1,305 @@
+"""The analysis worker: claims jobs, gates and preprocesses images, runs the detector.
+
+A worker claims up to ``max_jobs_per_batch`` queued jobs at once (storage.jobs: a lease,
+``SKIP LOCKED`` on PostgreSQL), reads each study's images, asks the eligibility gate,
+preprocesses what may be read and runs the model on the images of all claimed jobs
+together, ``images_per_batch`` at a time. While the model runs, a second thread already
+claims and prepares the next jobs, so on a GPU the model does not wait for decoding.
+Each job's image decisions, findings and result objects are committed in one transaction
+together with the job's completion, and only while the job's lease is still this
+worker's: a job taken over by another worker after a lease expired is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+from sqlalchemy import select
+
+from config.settings import Settings
+from model.detector import Detection, Detector
+from model.preprocess import Letterbox, UnsupportedImage, preprocess
+from node.gate import check_eligibility
+from node.loop import PollingThread
+from node.reporting import Reporter
+from storage import audit
+from storage.audit import AuditEventId, Outcome
+from storage.db import Database
+from storage.files import DicomFileStore
+from storage.jobs import (
+    claim_jobs,
+    fail_abandoned_jobs,
+    finish_job,
+    release_failed_job,
+    return_unstarted_job,
+)
+from storage.models import FindingRecord, ImageAnalysis, Instance, Job, Series, Study
+
+LOGGER = logging.getLogger("cxr_node.worker")
+
+
+@dataclass
+class SourceImage:
+    """One received image of a job's study, and what the worker made of it."""
+
+    instance_id: int
+    sop_instance_uid: str
+    series_uid: str
+    dataset: Dataset | None
+    skip_reason: str = ""  # empty when the detector reads the image
+    image: np.ndarray | None = None
+    letterbox: Letterbox | None = None
+    detections: list[Detection] = field(default_factory=list)
+
+    @property
+    def analysed(self) -> bool:
+        return not self.skip_reason
+
+
+@dataclass
+class PreparedJob:
+    job_id: int
+    study_id: int
+    study_uid: str
+    images: list[SourceImage]
+
+
+def _read_image(store: DicomFileStore, instance: Instance, series_uid: str) -> SourceImage:
+    """Read, gate and preprocess one stored instance; a refusal becomes its skip reason."""
+    image = SourceImage(instance.id, instance.sop_instance_uid, series_uid, None)
+    try:
+        image.dataset = pydicom.dcmread(store.absolute(instance.path))
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        image.skip_reason = f"stored file unreadable: {exc}"
+        return image
+    eligibility = check_eligibility(image.dataset)
+    image.skip_reason = eligibility.reason
+    return image
+
+
+class Worker:
+    """Claims and analyses jobs; ``run_once`` is one claim-analyse-publish pass."""
+
+    def __init__(self, settings: Settings, db: Database, store: DicomFileStore,
+                 detector: Detector) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.detector = detector
+        self.reporter = Reporter(settings, store, detector.card)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:worker:{uuid.uuid4().hex[:8]}"
+
+    def warm_up(self) -> None:
+        """Run the model and build each result kind once on a small generated image.
+
+        The first call of each costs a second or more (kernels, code tables, fonts); paid
+        here, at start-up, it does not delay the first study a site sends.
+        """
+        from model.phantom import synthesize_case
+
+        started = time.perf_counter()
+        try:
+            ds = synthesize_case(0, 0, size_range=(256, 256)).dataset
+            image, letterbox = preprocess(ds, self.detector.preprocess_config)
+            detections = self.detector.predict_images([image], [letterbox], apply_thresholds=False)
+            self.reporter.warm_up(ds, detections[0][:2])
+        except Exception:  # noqa: BLE001 - a failed warm-up only costs the first study time
+            LOGGER.exception("warm-up failed; the first study will be slower")
+            return
+        LOGGER.info("worker %s warmed up in %.1f s", self.owner, time.perf_counter() - started)
+
+    def prepare(self) -> list[PreparedJob]:
+        """Claim jobs and read, gate and preprocess their images (no model yet)."""
+        worker = self.settings.worker
+        with self.db.session() as session:
+            for job in fail_abandoned_jobs(session, worker.max_attempts):
+                self._audit_failure(session, job.id, job.error or "abandoned")
+        job_ids = claim_jobs(self.db, self.owner, worker.lease_seconds,
+                             worker.max_jobs_per_batch, worker.max_attempts)
+        started = time.perf_counter()
+        prepared = []
+        for job_id in job_ids:
+            try:
+                prepared.append(self._prepare_job(job_id))
+            except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others
+                LOGGER.exception("job %s could not be prepared", job_id)
+                self._release(job_id, f"preparation failed: {exc}")
+        if prepared:
+            LOGGER.info("claimed and prepared jobs %s in %.2f s", job_ids,
+                        time.perf_counter() - started)
+        return prepared
+
+    def _prepare_job(self, job_id: int) -> PreparedJob:
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            study = session.get(Study, job.study_id)
+            rows = session.execute(
+                select(Instance, Series.series_uid).join(Series)
+                .where(Series.study_id == study.id, Instance.produced_by_node.is_(False))
+                .order_by(Series.series_number, Series.id, Instance.id)
+            ).all()
+        images = [_read_image(self.store, instance, series_uid) for instance, series_uid in rows]
+        config = self.detector.preprocess_config
+        for image in images:
+            if image.analysed:
+                try:
+                    image.image, image.letterbox = preprocess(image.dataset, config)
+                except (UnsupportedImage, ValueError) as exc:
+                    image.skip_reason = f"pixel data not usable: {exc}"
+        return PreparedJob(job_id, study.id, study.study_uid, images)
+
+    def analyse(self, jobs: list[PreparedJob]) -> None:
+        """Run the model once over the readable images of all ``jobs`` together."""
+        readable = [image for job in jobs for image in job.images if image.analysed]
+        results = self.detector.predict_images(
+            [image.image for image in readable], [image.letterbox for image in readable],
+            batch_size=self.settings.worker.images_per_batch)
+        for image, detections in zip(readable, results, strict=True):
+            image.detections = detections
+            image.image = None  # the model input is no longer needed; free it early
+
+    def publish(self, job: PreparedJob) -> bool:
+        """Store findings and result objects and complete the job, if it is still ours."""
+        written: list[Path] = []
+        try:
+            with self.db.session() as session:
+                self._record_images(session, job)
+                objects, written = self.reporter.publish(session, job)
+                if not finish_job(session, job.job_id, self.owner):
+                    raise _LeaseLost()
+                self._audit_analysis(session, job, len(objects))
+        except _LeaseLost:
+            LOGGER.warning("job %s was taken over by another worker; results discarded",
+                           job.job_id)
+            for path in written:
+                path.unlink(missing_ok=True)
+            return False
+        except Exception as exc:  # noqa: BLE001 - record it on the job and carry on
+            LOGGER.exception("job %s could not be published", job.job_id)
+            for path in written:
+                path.unlink(missing_ok=True)
+            self._release(job.job_id, f"publishing failed: {exc}")
+            return False
+        return True
+
+    def run_once(self, jobs: list[PreparedJob] | None = None) -> int:
+        """Analyse and publish ``jobs`` (claimed now if not given); return how many completed."""
+        jobs = self.prepare() if jobs is None else jobs
+        if not jobs:
+            return 0
+        started = time.perf_counter()
+        try:
+            self.analyse(jobs)
+        except Exception as exc:  # noqa: BLE001 - the jobs go back to the queue
+            LOGGER.exception("detector failed on %d jobs", len(jobs))
+            for job in jobs:
+                self._release(job.job_id, f"detector failed: {exc}")
+            return 0
+        analysed = time.perf_counter()
+        published = sum(self.publish(job) for job in jobs)
+        LOGGER.info("%d jobs: model %.2f s, results %.2f s", len(jobs), analysed - started,
+                    time.perf_counter() - analysed)
+        return published
+
+    def give_back(self, jobs: list[PreparedJob]) -> None:
+        """Return jobs claimed but not analysed (shutting down) to the queue."""
+        with self.db.session() as session:
+            for job in jobs:
+                return_unstarted_job(session, job.job_id, self.owner)
+
+    def _record_images(self, session, job: PreparedJob) -> None:  # noqa: ANN001 - Session
+        card = self.detector.card
+        for image in job.images:
+            session.add(ImageAnalysis(job_id=job.job_id, instance_id=image.instance_id,
+                                      analysed=image.analysed,
+                                      skip_reason=image.skip_reason or None,
+                                      model_version=card.version if image.analysed else None))
+            for detection in image.detections:
+                finding = detection.finding
+                x1, y1, x2, y2 = detection.box
+                session.add(FindingRecord(
+                    job_id=job.job_id, instance_id=image.instance_id, label=finding.label,
+                    code_scheme=finding.scheme, code_value=finding.code,
+                    code_meaning=finding.meaning, score=detection.score, x1=x1, y1=y1, x2=x2,
+                    y2=y2, model_name=card.name, model_version=card.version))
+
+    def _audit_analysis(self, session, job: PreparedJob, objects: int) -> None:  # noqa: ANN001
+        analysed = [image for image in job.images if image.analysed]
+        findings = sum(len(image.detections) for image in analysed)
+        skipped = [f"{image.sop_instance_uid}: {image.skip_reason}"
+                   for image in job.images if not image.analysed]
+        message = (f"job {job.job_id}: {len(analysed)} images read by "
+                   f"{self.detector.card.name} {self.detector.card.version}, {findings} "
+                   f"findings, {objects} result objects")
+        if skipped:
+            message += "; not analysed: " + "; ".join(skipped)
+        audit.record(session, AuditEventId.INSTANCES_ACCESSED, "study-analysed",
+                     Outcome.SUCCESS if analysed else Outcome.MINOR_FAILURE, message,
+                     study_uid=job.study_uid)
+
+    def _release(self, job_id: int, error: str) -> None:
+        try:
+            with self.db.session() as session:
+                state = release_failed_job(session, job_id, self.owner, error,
+                                           self.settings.worker.max_attempts)
+                if state is not None:
+                    self._audit_failure(session, job_id, error, final=state == "failed")
+        except Exception:  # noqa: BLE001 - the lease will expire and the job be retried
+            LOGGER.exception("could not release job %s", job_id)
+
+    @staticmethod
+    def _audit_failure(session, job_id: int, error: str, final: bool = True) -> None:  # noqa: ANN001
+        job = session.get(Job, job_id)
+        study = session.get(Study, job.study_id)
+        audit.record(session, AuditEventId.APPLICATION_ACTIVITY,
+                     "job-failed" if final else "job-retried",
+                     Outcome.SERIOUS_FAILURE if final else Outcome.MINOR_FAILURE,
+                     f"job {job_id} (attempt {job.attempts}): {error}",
+                     study_uid=study.study_uid)
+
+
+class _LeaseLost(Exception):
+    """Our lease on a job was taken over; roll back what this worker wrote."""
+
+
+class WorkerThread(PollingThread):
+    """Loops the worker; the next jobs are claimed and prepared while the model runs."""
+
+    def __init__(self, worker: Worker, poll_interval_seconds: float) -> None:
+        super().__init__("worker", poll_interval_seconds)
+        self.worker = worker
+        self._preparer: ThreadPoolExecutor | None = None
+        self._upcoming: Future | None = None
+
+    def run(self) -> None:
+        self.worker.warm_up()
+        with ThreadPoolExecutor(1, thread_name_prefix="prepare") as self._preparer:
+            super().run()
+            if self._upcoming is not None:
+                self.worker.give_back(_result_or_empty(self._upcoming))
+
+    def step(self) -> int:
+        upcoming, self._upcoming = self._upcoming, None
+        jobs = upcoming.result() if upcoming else self.worker.prepare()
+        if not jobs:
+            return 0
+        if not self.stopping:
+            self._upcoming = self._preparer.submit(self.worker.prepare)
+        return self.worker.run_once(jobs)
+
+
+def _result_or_empty(future: Future) -> list[PreparedJob]:
+    try:
+        return future.result()
+    except Exception:  # noqa: BLE001 - nothing was claimed
+        return []

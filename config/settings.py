@@ -174,8 +174,9 @@ class WorkerSettings(_Section):
     # A claimed job not finished within this time is taken again by another worker.
     lease_seconds: float = Field(default=120.0, ge=5)
     poll_interval_seconds: float = Field(default=0.2, gt=0, le=60)
-    # Jobs claimed at once; their images are batched through the model together.
-    max_jobs_per_batch: int = Field(default=8, ge=1, le=256)
+    # Jobs claimed at once; their images are batched through the model together. Empty:
+    # 8 on a GPU, 1 on the CPU (where a batch costs as much per image and delays the first).
+    max_jobs_per_batch: int | None = Field(default=None, ge=1, le=256)
     images_per_batch: int = Field(default=16, ge=1, le=512)
     # A job that failed this many times is marked failed and audited.
     max_attempts: int = Field(default=3, ge=1, le=100)

@@ -40,6 +40,7 @@ class DemoStudy:
     path: Path
     study_uid: str
     description: str
+    truth: str  # the generated findings, "normal", or "unknown" for a real image
     acknowledged_at: float = math.nan
     report_at: float = math.nan
     findings: list[str] = field(default_factory=list)
@@ -66,7 +67,7 @@ def make_studies(directory: Path, abnormal: int = 4, normal: int = 2) -> list[De
         case.dataset.save_as(path, enforce_file_format=True)
         truth = ", ".join(sorted({box.label for box in case.boxes})) or "normal"
         studies.append(DemoStudy(path, str(case.dataset.StudyInstanceUID),
-                                 f"synthetic {case.patient_id} (truth: {truth})"))
+                                 f"synthetic {case.patient_id}", truth))
     try:
         from pydicom.data import get_testdata_file
 
@@ -76,7 +77,7 @@ def make_studies(directory: Path, abnormal: int = 4, normal: int = 2) -> list[De
     if real:
         ds = pydicom.dcmread(real, stop_before_pixels=True)
         studies.append(DemoStudy(Path(real), str(ds.StudyInstanceUID),
-                                 "real chest CR (pydicom-data RG1_UNCR)"))
+                                 "real CR, pydicom-data RG1_UNCR", "unknown"))
     return studies
 
 
@@ -176,10 +177,11 @@ def run_demo(out: Path, timeout_s: float = 600.0) -> dict:
 
 
 def _report(studies: list[DemoStudy], objects: int) -> dict:
-    print(f"\n{'study':<58} {'latency':>8}  findings (score)")
+    print(f"\n{'study':<31} {'truth (generated findings)':<44} {'latency':>7}  "
+          "findings reported (score)")
     for study in studies:
         latency = "-" if math.isnan(study.latency_s) else f"{study.latency_s:.1f} s"
-        print(f"{study.description[:58]:<58} {latency:>8}  "
+        print(f"{study.description:<31} {study.truth:<44} {latency:>7}  "
               f"{', '.join(study.findings) or 'none'}")
     latencies = sorted(s.latency_s for s in studies if not math.isnan(s.latency_s))
     p95 = latencies[max(0, math.ceil(0.95 * len(latencies)) - 1)] if latencies else None

@@ -98,6 +98,8 @@ class Worker:
         self.detector = detector
         self.reporter = Reporter(settings, store, detector.card)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:worker:{uuid.uuid4().hex[:8]}"
+        on_gpu = detector.device.type == "cuda"
+        self.jobs_per_claim = settings.worker.max_jobs_per_batch or (8 if on_gpu else 1)
 
     def warm_up(self) -> None:
         """Run the model and build each result kind once on a small generated image.
@@ -124,8 +126,8 @@ class Worker:
         with self.db.session() as session:
             for job in fail_abandoned_jobs(session, worker.max_attempts):
                 self._audit_failure(session, job.id, job.error or "abandoned")
-        job_ids = claim_jobs(self.db, self.owner, worker.lease_seconds,
-                             worker.max_jobs_per_batch, worker.max_attempts)
+        job_ids = claim_jobs(self.db, self.owner, worker.lease_seconds, self.jobs_per_claim,
+                             worker.max_attempts)
         started = time.perf_counter()
         prepared = []
         for job_id in job_ids:

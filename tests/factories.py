@@ -102,6 +102,9 @@ def write_chest(directory: Path, seed: int, index: int, *, size: tuple[int, int]
     ds = synthesize_case(seed, index, size_range=size).dataset
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
+    if "file_meta" in ds.__dict__ or hasattr(ds, "file_meta"):
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"chest-{seed}-{index}.dcm"
     ds.save_as(path, enforce_file_format=True)

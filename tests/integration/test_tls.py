@@ -11,9 +11,9 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from storage.models import Instance
-from tests.factories import study_files
-from tests.integration.conftest import node_database
+from storage.models import Instance, ResultObject, Transfer, TransferState
+from tests.factories import study_files, write_chest
+from tests.integration.conftest import node_database, wait_until
 from tests.peers import echoscu, storescu
 
 
@@ -85,3 +85,39 @@ def test_tls_1_1_is_refused(tls_node, pki):
                 pass
     # The server's alert, not a client-side configuration error.
     assert "PROTOCOL_VERSION" in str(refused.value).upper()
+
+
+def test_results_are_sent_over_tls_to_a_destination_that_requires_it(start_node, pki,
+                                                                     tmp_path):
+    destination = start_node(peers=[{"ae_title": "CXRA", "hosts": ["127.0.0.1"]}],
+                             dicom={"tls": {"enabled": True,
+                                            "certificate": str(pki / "server.crt"),
+                                            "private_key": str(pki / "server.key"),
+                                            "ca_certificates": str(pki / "ca.crt")}})
+    client_tls = {"enabled": True, "certificate": str(pki / "client.crt"),
+                  "private_key": str(pki / "client.key"), "ca_certificates": str(pki / "ca.crt")}
+    analysing = start_node(dicom={"ae_title": "CXRA"},
+                           worker={"run_in_serve": True},
+                           destinations=[{"name": "SECURE", "ae_title": "CXRNODE",
+                                          "host": "127.0.0.1", "port": destination.port,
+                                          "tls": client_tls}])
+    assert storescu(analysing.port, [write_chest(tmp_path / "in", 13, 1)],
+                    aec="CXRA").returncode == 0
+
+    def sent() -> bool:
+        db = node_database(analysing)
+        with db.session() as session:
+            states = set(session.scalars(select(Transfer.state)))
+        db.dispose()
+        return states == {TransferState.SENT}
+
+    wait_until(sent, timeout=60)
+    db = node_database(analysing)
+    with db.session() as session:
+        results = set(session.scalars(select(ResultObject.sop_instance_uid)))
+    db.dispose()
+    db = node_database(destination)
+    with db.session() as session:
+        received = set(session.scalars(select(Instance.sop_instance_uid)))
+    db.dispose()
+    assert len(results) == 3 and results <= received

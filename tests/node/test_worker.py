@@ -78,6 +78,16 @@ class Site:
             return list(session.scalars(select(model).where(*where).order_by(model.id)))
 
 
+def text_values(node) -> list[str]:
+    """Every TEXT content item of an SR tree, as a viewer would show them."""
+    found = []
+    for item in node.get("ContentSequence", []):
+        if item.get("ValueType") == "TEXT":
+            found.append(str(item.TextValue))
+        found += text_values(item)
+    return found
+
+
 @pytest.fixture
 def site(tmp_path, database, database_url, detector) -> Site:
     return Site(node_settings(tmp_path, database_url), database, detector)
@@ -138,21 +148,30 @@ def test_late_image_reruns_and_new_report_supersedes_the_old(site, tmp_path):
 
 
 def test_gate_skips_with_reasons_and_reports_not_analysed(site, tmp_path):
-    ct = get_testdata_file("693_UNCR.dcm", download=False)
-    assert ct is not None, "pydicom-data (a test dependency) provides 693_UNCR.dcm"
+    """The CT and extremity CR of pydicom-data, a lateral, a FOR PROCESSING image."""
+    real = [get_testdata_file(name, download=False) for name in ("693_UNCR.dcm", "RG3_UNCR.dcm")]
+    assert all(real), "pydicom-data (a test dependency) provides 693_UNCR.dcm and RG3_UNCR.dcm"
     lateral = write_chest(tmp_path / "in", SEED, 3, ViewPosition="LL")
-    site.receive(lateral, Path(ct))
+    for_processing = write_chest(tmp_path / "in", SEED, 6,
+                                 SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1.1",
+                                 PresentationIntentType="FOR PROCESSING")
+    site.receive(lateral, for_processing, *map(Path, real))
 
-    assert site.worker.run_once() == 2
-    reasons = sorted(a.skip_reason for a in site.rows(ImageAnalysis))
-    assert not any(a.analysed for a in site.rows(ImageAnalysis))
-    assert any("lateral" in r for r in reasons)
-    assert any("not a CR or DX" in r for r in reasons)
+    assert site.worker.run_once() + site.worker.run_once() + site.worker.run_once() \
+        + site.worker.run_once() == 4
+    analyses = site.rows(ImageAnalysis)
+    assert len(analyses) == 4 and not any(a.analysed for a in analyses)
+    reasons = " | ".join(sorted(a.skip_reason for a in analyses))
+    assert "view LL is lateral" in reasons
+    assert "FOR PROCESSING" in reasons
+    assert "CT, SOP class 1.2.840.10008.5.1.4.1.1.2 is not a CR or DX" in reasons
+    assert "is not the chest" in reasons  # the extremity CR
     assert site.rows(FindingRecord) == []
     reports = site.rows(ResultObject)
-    assert [r.kind for r in reports] == [ResultKind.NOT_ANALYSED_SR] * 2
-    text = str(pydicom.dcmread(site.store.absolute(reports[0].path)).ContentSequence)
-    assert "not analysed" in text.lower()
+    assert [r.kind for r in reports] == [ResultKind.NOT_ANALYSED_SR] * 4
+    for report in reports:
+        texts = text_values(pydicom.dcmread(site.store.absolute(report.path)))
+        assert any(text.startswith("Not analysed: ") for text in texts), texts
 
 
 def test_destination_kinds_and_comprehensive_sr_fallback(tmp_path, database, database_url,

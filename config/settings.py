@@ -223,6 +223,80 @@ class SendingSettings(_Section):
     max_objects_per_association: int = Field(default=100, ge=1, le=10000)
 
 
+class LabelSettings(_Section):
+    """Where radiologist labels come from and how imported rows find their images."""
+
+    # SRs (TID 1500) from these calling AE titles are labels (e.g. the PACS forwarding
+    # what a viewer saved); an SR whose observer is a person is a label from any peer.
+    labeller_ae_titles: list[str] = Field(default_factory=list)
+    # The DICOM attribute an import's image key is compared with (SOPInstanceUID, or e.g.
+    # ImageComments holding the NIH "Image Index" of a converted image).
+    match_attribute: str = Field(default="SOPInstanceUID", pattern=r"^[A-Za-z]+$")
+    # NIH ChestX-ray8 "Pneumonia" boxes: a vocabulary label, or empty to keep them unmapped.
+    nih_pneumonia_as: str | None = "Infiltration"
+    # VinDr-CXR reader consensus: majority, any or all readers, boxes matched at this IoU.
+    vindr_consensus: str = Field(default="majority", pattern=r"^(majority|any|all)$")
+    vindr_iou: float = Field(default=0.4, gt=0, le=1)
+
+    @field_validator("labeller_ae_titles")
+    @classmethod
+    def _check_titles(cls, titles: list[str]) -> list[str]:
+        return [_check_ae_title(title) for title in titles]
+
+
+class TrainingSettings(_Section):
+    """Site retraining: dataset splits, the training run, and the promotion gate."""
+
+    # Where snapshots and training runs are written (relative paths: under data_dir).
+    runs_dir: Path = Path("training")
+    # Patients new to the dataset join the locked test set and validation at these rates.
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=8, ge=1, le=512)
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    # Retrain only when at least this many studies were labelled since the last snapshot.
+    min_new_labelled_studies: int = Field(default=50, ge=0)
+    # A candidate may be at most this much below the active model in sensitivity and in
+    # specificity for every finding on the locked test set.
+    promotion_margin: float = Field(default=0.02, ge=0, le=1)
+    # Promote a candidate that passes the gate without an admin's `cxr-node models promote`.
+    auto_promote: bool = False
+
+
+_CRON = re.compile(r"^\S+(\s+\S+){4,5}$")
+
+
+def _check_cron(value: str) -> str:
+    if not _CRON.match(value.strip()):
+        raise ValueError(f'"{value}" is not a cron expression (5 fields: minute hour day '
+                         "month weekday; or 6 with seconds first)")
+    return value.strip()
+
+
+class SchedulerSettings(_Section):
+    """`cxr-node scheduler`: when retraining, the audit report and retention run."""
+
+    timezone: str = "UTC"
+    # Weekly, Sunday 02:00; it trains only after training.min_new_labelled_studies.
+    retrain_cron: str = "0 2 * * 0"
+    # Daily at 06:00: the audit report of the previous day, and performance alerts.
+    report_cron: str = "0 6 * * *"
+    # Daily at 03:30: received images older than retention_days that are in no dataset
+    # snapshot are deleted (results and audit rows are kept). 0 keeps images for ever.
+    retention_cron: str = "30 3 * * *"
+    retention_days: int = Field(default=0, ge=0)
+    # Reports are written under <data_dir>/<reports_dir>/<date>/.
+    reports_dir: Path = Path("reports")
+    # An occurrence missed (scheduler down) still runs if this late; several are coalesced.
+    misfire_grace_seconds: int = Field(default=3600, ge=1)
+    # Alert when a production figure is this far below the version's test-set figure.
+    alert_margin: float = Field(default=0.1, ge=0, le=1)
+    alert_min_cases: int = Field(default=10, ge=1)
+
+    _check_crons = field_validator("retrain_cron", "report_cron", "retention_cron")(_check_cron)
+
+
 class LoggingSettings(_Section):
     level: str = "INFO"
 
@@ -243,6 +317,9 @@ class Settings(_Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     destinations: list[Destination] = Field(default_factory=list)
     sending: SendingSettings = Field(default_factory=SendingSettings)
+    labels: LabelSettings = Field(default_factory=LabelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("destinations")

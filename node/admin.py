@@ -1,6 +1,10 @@
-"""Admin commands that read and change the node's state: ``studies``, ``transfers``."""
+"""Admin commands that read and change the node's state: studies, transfers, labels, models."""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -91,4 +95,108 @@ def retry_transfers(settings: Settings, transfer_ids: list[int]) -> int:
                      + (f" (ids {transfer_ids})" if transfer_ids else ""))
     db.dispose()
     print(f"queued {count} dead letters again")
+    return 0
+
+
+def import_labels(settings: Settings, path: Path, fmt: str) -> int:
+    from storage.files import DicomFileStore
+    from training.label_store import import_file
+    from training.labels import LabelImportError
+
+    db = _database(settings)
+    try:
+        summary = import_file(settings, db, DicomFileStore(settings.storage.data_dir), path, fmt)
+    except LabelImportError as exc:
+        print(f"nothing imported from {path}:\n{exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(f"imported {summary.text()}")
+    return 0
+
+
+def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_size: int | None,
+            device: str) -> int:
+    from storage.files import DicomFileStore
+    from training.retrain import RetrainError
+    from training.retrain import retrain as run_retrain
+
+    db = _database(settings)
+    try:
+        outcome = run_retrain(settings, db, DicomFileStore(settings.storage.data_dir),
+                              from_scratch=from_scratch, epochs=epochs, image_size=image_size,
+                              device=device)
+    except RetrainError as exc:
+        print(f"retrain: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(f"candidate {outcome.candidate_version} (id {outcome.candidate_id}) on snapshot "
+          f"{outcome.snapshot_id}\n{outcome.gate.text()}")
+    if outcome.promoted:
+        print("promoted: it is the active model now")
+    elif outcome.gate.passed:
+        print(f"promote it with: cxr-node models promote {outcome.candidate_id}")
+    return 0
+
+
+def list_models(settings: Settings) -> int:
+    from training.registry import list_versions
+
+    db = _database(settings)
+    with db.session() as session:
+        versions = list_versions(session)
+        parents = {v.id: f"{v.name} {v.version}" for v in versions}
+        print(f"{'id':>4}  {'name':<22} {'version':<10} {'state':<9} {'parent':<28} "
+              f"{'activated (UTC)':<19}  test set")
+        for v in versions:
+            figures = json.loads(v.test_metrics) if v.test_metrics else {}
+            test = (f"{figures['test_images']} images, gate "
+                    f"{'passed' if figures.get('gate_passed') else 'refused'}"
+                    if figures else "-")
+            activated = f"{v.activated_at:%Y-%m-%d %H:%M:%S}" if v.activated_at else "-"
+            print(f"{v.id:>4}  {v.name[:22]:<22} {v.version[:10]:<10} {v.state:<9} "
+                  f"{parents.get(v.parent_id, '-')[:28]:<28} {activated:<19}  {test}")
+    db.dispose()
+    return 0
+
+
+def promote_model(settings: Settings, version_id: int) -> int:
+    from storage.models import ModelState, ModelVersion
+    from training.registry import RegistryError, promote
+    from training.retrain import gate_passed
+
+    db = _database(settings)
+    try:
+        with db.session() as session:
+            version = session.get(ModelVersion, version_id)
+            if version is None:
+                raise RegistryError(f"no model version with id {version_id}")
+            if version.state == ModelState.CANDIDATE and not gate_passed(version):
+                raise RegistryError(f"{version.name} {version.version} did not pass the "
+                                    f"promotion gate:\n{version.gate_report or 'not judged'}")
+            promote(session, version_id, "promoted by an admin (cxr-node models promote)")
+            print(f"{version.name} {version.version} is the active model; workers switch to "
+                  "it within seconds")
+    except RegistryError as exc:
+        print(f"models promote: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    return 0
+
+
+def rollback_model(settings: Settings) -> int:
+    from training.registry import RegistryError, rollback
+
+    db = _database(settings)
+    try:
+        with db.session() as session:
+            restored = rollback(session)
+            print(f"{restored.name} {restored.version} is the active model again")
+    except RegistryError as exc:
+        print(f"models rollback: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
     return 0

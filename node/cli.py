@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
 from config.settings import ConfigError, Settings, load_settings
@@ -25,6 +26,41 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole loop on this machine: node, a PACS, "
                                "generated studies and a real one, results and latency")
     demo.add_argument("--out", required=True, type=Path, help="folder for the demo's files")
+
+    labels = commands.add_parser("labels", help="radiologist labels")
+    label_actions = labels.add_subparsers(dest="action", required=True)
+    label_import = label_actions.add_parser("import", help="import a labels file (all or "
+                                            "nothing; bad rows are listed with line numbers)")
+    label_import.add_argument("file", type=Path)
+    label_import.add_argument("--format", required=True, choices=("nih", "vindr", "csv"))
+
+    retrain = commands.add_parser("retrain", help="train a candidate on the site's labels and "
+                                  "judge it against the active model on the locked test set")
+    retrain.add_argument("--from-scratch", action="store_true",
+                         help="do not start from the active model's weights")
+    retrain.add_argument("--epochs", type=int, help="default: training.epochs")
+    retrain.add_argument("--image-size", type=int, help="default: the active model's")
+    retrain.add_argument("--device", default="auto")
+
+    models = commands.add_parser("models", help="the model registry")
+    model_actions = models.add_subparsers(dest="action", required=True)
+    model_actions.add_parser("list", help="every version: state, figures, gate verdict")
+    promote = model_actions.add_parser("promote", help="make a candidate that passed the "
+                                       "promotion gate active")
+    promote.add_argument("id", type=int)
+    model_actions.add_parser("rollback", help="make the previously active version active again")
+
+    scheduler = commands.add_parser("scheduler", help="run scheduled retraining, audit "
+                                    "reports and retention (or list them: scheduler jobs)")
+    scheduler.add_argument("action", nargs="?", choices=("jobs",),
+                           help="jobs: the schedule and the last runs")
+
+    report = commands.add_parser("report", help="reports for admins")
+    report.add_argument("kind", choices=("audit",))
+    report.add_argument("--since", required=True, type=_utc_time,
+                        help="UTC date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
+    report.add_argument("--until", type=_utc_time, help="default: now")
+    report.add_argument("--out", required=True, type=Path)
 
     transfers = commands.add_parser("transfers", help="result transfers: pending, dead letters")
     transfers.add_argument("--all", action="store_true", help="include sent transfers")
@@ -76,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _utc_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'"{text}" is not a date or time '
+                                         "(YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.logging.level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -125,6 +170,33 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
         summary = run_demo(args.out)
         return 0 if summary["studies_with_results"] == summary["studies_sent"] else 1
+    if args.command in ("labels", "retrain", "models"):
+        from node import admin
+
+        if args.command == "labels":
+            return admin.import_labels(settings, args.file, args.format)
+        if args.command == "retrain":
+            return admin.retrain(settings, args.from_scratch, args.epochs, args.image_size,
+                                 args.device)
+        return {"list": admin.list_models, "promote": admin.promote_model,
+                "rollback": admin.rollback_model}[args.action](
+            settings, *([args.id] if args.action == "promote" else []))
+    if args.command == "scheduler":
+        from node.scheduler import list_jobs, serve_scheduler
+
+        return list_jobs(settings) if args.action == "jobs" else serve_scheduler(settings)
+    if args.command == "report":
+        from model.vocabulary import DEFAULT_LABELS
+        from node.audit_report import write_audit_report
+        from storage.db import Database
+
+        db = Database.connect(settings.storage.resolved_database_url())
+        until = args.until or datetime.now(UTC).replace(tzinfo=None)
+        write_audit_report(db, args.since, until, args.out, DEFAULT_LABELS)
+        db.dispose()
+        print(f"audit report for {args.since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: "
+              f"{args.out / 'audit-report.html'} (and audit-report.json)")
+        return 0
     if args.command == "worker":
         from node.server import work
 

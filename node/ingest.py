@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
@@ -29,6 +31,9 @@ from storage.models import Instance, Series, Study, StudyState, utcnow
 LOGGER = logging.getLogger("cxr_node.ingest")
 _REGISTER_ATTEMPTS = 3
 _DUPLICATE = "duplicate with identical content: acknowledged, not stored again"
+# PS3.4 B.5: SR (and Key Object Selection) storage classes under .88, presentation states
+# under .11; such objects never (re)start an analysis of their study.
+_DOCUMENT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
 
 
 class _Registered(StrEnum):
@@ -71,6 +76,15 @@ class _Header:
     body_part_examined: str | None
     series_description: str | None
     series_number: int | None
+
+    @property
+    def is_document(self) -> bool:
+        """An SR, presentation state or key object: read by people, not by the detector."""
+        return self.sop_class_uid.startswith(_DOCUMENT_CLASS_PREFIXES)
+
+    @property
+    def triggers_analysis(self) -> bool:
+        return not self.produced_by_node and not self.is_document
 
 
 class _Refusal(Exception):
@@ -140,6 +154,9 @@ class Ingest:
         self.store = store
         self.active = active
         self._device_uid = settings.device_uid
+        # Called with (file, calling AE title) for each SR or presentation state stored
+        # from a peer (the label intake reads radiologists' reports); None: nothing.
+        self.on_document: Callable[[Path, str], None] | None = None
         # One registration at a time in this process; other processes are kept honest
         # by the unique constraints (an IntegrityError is retried).
         self._register_lock = threading.Lock()
@@ -189,7 +206,24 @@ class Ingest:
         if header.study_uid not in held:
             self.active.hold(header.study_uid)
             held.add(header.study_uid)
-        return self._place_and_register(incoming, header, request)
+        result = self._place_and_register(incoming, header, request)
+        if header.is_document and not header.produced_by_node and self.on_document \
+                and result.message != _DUPLICATE:
+            self._hand_over_document(header, request)
+        return result
+
+    def _hand_over_document(self, header: _Header, request: StoreRequest) -> None:
+        """Give a stored SR to the label intake; its problems never fail the C-STORE."""
+        path = self.store.absolute(self.store.relative_path(
+            header.study_uid, header.series_uid, header.sop_instance_uid))
+        try:
+            self.on_document(path, request.calling_ae_title)
+        except Exception as exc:  # noqa: BLE001 - stored already; the problem is audited
+            LOGGER.exception("labels from %s could not be read", header.sop_instance_uid)
+            with self.db.session() as session:
+                audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "labels-unreadable",
+                             Outcome.MINOR_FAILURE, f"stored, but no labels taken: {exc}",
+                             **self._audit_fields(request, header))
 
     def _read_header(self, incoming: IncomingFile) -> _Header:
         try:
@@ -260,15 +294,16 @@ class Ingest:
             return _Registered.DUPLICATE
         study = session.scalar(select(Study).where(Study.study_uid == header.study_uid))
         if study is None:
-            # A study that only ever held our own results is never analysed.
-            state = StudyState.COMPLETE if header.produced_by_node else StudyState.RECEIVING
+            # A study that only ever held results or reports (ours, or a radiologist's) is
+            # never analysed.
+            state = StudyState.RECEIVING if header.triggers_analysis else StudyState.COMPLETE
             study = Study(study_uid=header.study_uid, patient_id=header.patient_id,
                           accession_number=header.accession_number, study_date=header.study_date,
                           study_description=header.study_description, state=state, generation=1,
                           first_received_at=now, last_instance_at=now)
             session.add(study)
             session.flush()
-        elif not header.produced_by_node:
+        elif header.triggers_analysis:
             if study.state == StudyState.COMPLETE:
                 # A late or replaced instance re-opens the study for a new job.
                 study.generation += 1

@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
 from model import BUNDLED_MODEL
@@ -21,19 +24,31 @@ from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore
+from training.label_store import LabelIntake
 
 LOGGER = logging.getLogger("cxr_node.server")
 
 
-def load_detector(settings: Settings):  # noqa: ANN201 - model.detector.Detector
-    """The configured model (or the bundled one) on the configured device."""
+def load_active_model(settings: Settings, db: Database):  # noqa: ANN201 - (Detector, id)
+    """The registry's active model (on a new installation: the configured or bundled one)."""
     from model.detector import Detector  # torch is imported only where a model runs
+    from training.registry import ensure_active
 
+    seed = settings.worker.model_dir or BUNDLED_MODEL
+    for attempt in range(2):
+        try:
+            with db.session() as session:
+                active = ensure_active(session, seed)
+                version_id, path = active.id, Path(active.path)
+            break
+        except IntegrityError:  # another process registered it first
+            if attempt:
+                raise
     device = None if settings.worker.device == "auto" else settings.worker.device
-    detector = Detector.load(settings.worker.model_dir or BUNDLED_MODEL, device=device)
+    detector = Detector.load(path, device=device)
     LOGGER.info("model %s %s loaded on %s", detector.card.name, detector.card.version,
                 detector.device)
-    return detector
+    return detector, version_id
 
 
 class Node:
@@ -49,6 +64,7 @@ class Node:
         if receive:
             active = ActiveStudies()
             ingest = Ingest(settings, self.db, self.store, active)
+            ingest.on_document = LabelIntake(settings, self.db)
             self.listener = Listener(settings, self.db, self.store, ingest, active)
             self.completion = CompletionMonitor(self.db, active,
                                                 settings.completion.study_quiet_seconds,
@@ -56,7 +72,8 @@ class Node:
         if analyse:
             from node.worker import Worker, WorkerThread
 
-            worker = Worker(settings, self.db, self.store, load_detector(settings))
+            detector, version_id = load_active_model(settings, self.db)
+            worker = Worker(settings, self.db, self.store, detector, version_id)
             self.worker = WorkerThread(worker, settings.worker.poll_interval_seconds)
         self.sender = SenderThread(Sender(settings, self.db, self.store),
                                    settings.sending.poll_interval_seconds)

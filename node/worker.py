@@ -44,8 +44,11 @@ from storage.jobs import (
     return_unstarted_job,
 )
 from storage.models import FindingRecord, ImageAnalysis, Instance, Job, Series, Study
+from training.registry import active_version
 
 LOGGER = logging.getLogger("cxr_node.worker")
+# How often a worker asks the registry whether another model became active.
+MODEL_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -91,15 +94,41 @@ class Worker:
     """Claims and analyses jobs; ``run_once`` is one claim-analyse-publish pass."""
 
     def __init__(self, settings: Settings, db: Database, store: DicomFileStore,
-                 detector: Detector) -> None:
+                 detector: Detector, model_version_id: int | None = None) -> None:
         self.settings = settings
         self.db = db
         self.store = store
         self.detector = detector
         self.reporter = Reporter(settings, store, detector.card)
+        # The registry version running here; None: a fixed model that follows no registry.
+        self.model_version_id = model_version_id
+        self._next_model_check = 0.0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:worker:{uuid.uuid4().hex[:8]}"
         on_gpu = detector.device.type == "cuda"
         self.jobs_per_claim = settings.worker.max_jobs_per_batch or (8 if on_gpu else 1)
+
+    def follow_active_model(self) -> bool:
+        """Load the registry's active model if it changed (checked every few seconds).
+
+        Returns True when a new model was loaded: jobs prepared for the old one must be
+        given back, since its preprocessing may differ.
+        """
+        if self.model_version_id is None or time.monotonic() < self._next_model_check:
+            return False
+        self._next_model_check = time.monotonic() + MODEL_CHECK_SECONDS
+        with self.db.session() as session:
+            active = active_version(session)
+            if active is None or active.id == self.model_version_id:
+                return False
+            version_id, path = active.id, Path(active.path)
+        detector = Detector.load(path, device=self.detector.device)
+        self.detector, self.model_version_id = detector, version_id
+        self.reporter = Reporter(self.settings, self.store, detector.card)
+        with self.db.session() as session:
+            audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-loaded",
+                         Outcome.SUCCESS, f"worker {self.owner} now runs {detector.card.name} "
+                                          f"{detector.card.version}")
+        return True
 
     def warm_up(self) -> None:
         """Run the model and build each result kind once on a small generated image.
@@ -196,7 +225,9 @@ class Worker:
 
     def run_once(self, jobs: list[PreparedJob] | None = None) -> int:
         """Analyse and publish ``jobs`` (claimed now if not given); return how many completed."""
-        jobs = self.prepare() if jobs is None else jobs
+        if jobs is None:
+            self.follow_active_model()
+            jobs = self.prepare()
         if not jobs:
             return 0
         started = time.perf_counter()
@@ -292,6 +323,9 @@ class WorkerThread(PollingThread):
 
     def step(self) -> int:
         upcoming, self._upcoming = self._upcoming, None
+        if self.worker.follow_active_model() and upcoming:
+            self.worker.give_back(upcoming.result())  # prepared for the previous model
+            upcoming = None
         jobs = upcoming.result() if upcoming else self.worker.prepare()
         if not jobs:
             return 0

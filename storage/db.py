@@ -12,10 +12,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# PostgreSQL advisory lock keys (any constant the site's other software does not use).
+MIGRATION_LOCK_KEY = 0x6378726E6F6465  # "cxrnode"
+SCHEDULER_START_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 
 
 def make_engine(url: str, sqlite_busy_timeout_seconds: float = 30.0) -> Engine:
@@ -44,6 +47,10 @@ def migrate(engine: Engine) -> None:
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Processes starting together on a new database migrate one after the other.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK_KEY})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -102,6 +103,8 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # Objects this node produced (its device UID); they never queue analysis.
     produced_by_node: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When retention deleted the file (the row stays: findings and labels refer to it).
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -228,6 +231,136 @@ class Transfer(Base):
         UniqueConstraint("result_id", "destination", name="uq_transfers_result_destination"),
         Index("ix_transfers_state_next_attempt", "state", "next_attempt_at"),
     )
+
+
+class LabelBatch(Base):
+    """One labelling of one study (an SR, an import): the newest supersedes the older ones.
+
+    Superseded batches and their labels stay, so the history of who said what is kept.
+    """
+
+    __tablename__ = "label_batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # sr, nih, vindr, csv
+    labeller: Mapped[str] = mapped_column(String(128))  # person, AE title or file name
+    # The SR's SOP Instance UID, or the imported file's SHA-256.
+    source_reference: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    labels: Mapped[list[Label]] = relationship(back_populates="batch")
+
+
+class Label(Base):
+    """A box (or an image-level statement) a radiologist or a dataset gave an image."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("label_batches.id"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    # Vocabulary label; empty for a code outside the model's vocabulary (kept, reported).
+    label: Mapped[str | None] = mapped_column(String(64))
+    code_scheme: Mapped[str | None] = mapped_column(String(16))
+    code_value: Mapped[str | None] = mapped_column(String(64))
+    code_meaning: Mapped[str | None] = mapped_column(String(128))
+    normal: Mapped[bool] = mapped_column(Boolean, default=False)
+    x1: Mapped[float | None] = mapped_column(Float)
+    y1: Mapped[float | None] = mapped_column(Float)
+    x2: Mapped[float | None] = mapped_column(Float)
+    y2: Mapped[float | None] = mapped_column(Float)
+    reader: Mapped[str | None] = mapped_column(String(128))
+
+    batch: Mapped[LabelBatch] = relationship(back_populates="labels")
+    instance: Mapped[Instance] = relationship()
+
+
+class Split(StrEnum):
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"  # locked: every model version is compared on it
+
+
+class DatasetSplit(Base):
+    """The split a labelled study belongs to; assigned once and never changed."""
+
+    __tablename__ = "dataset_splits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    patient_key: Mapped[str] = mapped_column(String(64), index=True)
+    split: Mapped[Split] = mapped_column(String(16))
+    assigned_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DatasetSnapshot(Base):
+    """A frozen set of labelled images (written as a labels file) and its fingerprint."""
+
+    __tablename__ = "dataset_snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(300))  # folder with train/, validation/, test/
+    counts: Mapped[str] = mapped_column(Text)  # JSON: images per split and finding
+
+
+class ModelState(StrEnum):
+    CANDIDATE = "candidate"
+    ACTIVE = "active"  # exactly one; the workers run it
+    RETIRED = "retired"
+
+
+class ModelVersion(Base):
+    """A model in the registry: its card and files, test-set figures, lineage and state."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[ModelState] = mapped_column(String(16), default=ModelState.CANDIDATE)
+    path: Mapped[str] = mapped_column(String(500))  # the model folder (card.json and weights)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_snapshots.id"))
+    # JSON: per-finding sensitivity/specificity on the locked test set, and what it was.
+    test_metrics: Mapped[str | None] = mapped_column(Text)
+    # Why the promotion gate said no (or yes), in words.
+    gate_report: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_model_versions_name_version"),
+        # The database, not the code, keeps "exactly one active model" true.
+        Index("uq_model_versions_one_active", "state", unique=True,
+              sqlite_where=text("state = 'active'"), postgresql_where=text("state = 'active'")),
+    )
+
+
+class TaskRun(Base):
+    """One scheduled occurrence of a task (retraining, report, retention), run once.
+
+    The unique (task, scheduled_for) pair is the ticket: of several scheduler processes
+    firing the same occurrence, one inserts the row and runs it, the others see it taken.
+    """
+
+    __tablename__ = "task_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task: Mapped[str] = mapped_column(String(32))
+    scheduled_for: Mapped[datetime] = mapped_column(DateTime)
+    owner: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    outcome: Mapped[str] = mapped_column(String(16), default="running")  # done/failed/skipped
+    message: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (UniqueConstraint("task", "scheduled_for", name="uq_task_runs_occurrence"),)
 
 
 class AuditEvent(Base):

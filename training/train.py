@@ -57,6 +57,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     init_from: Path | None = None  # a model folder to fine-tune from
+    # A folder with its own labels.csv for validation (a site's fixed split); None: 15% of
+    # the patients in ``data``.
+    validation_data: Path | None = None
     name: str = "cxr-node-detector"
     version: str = "0.1.0"
     findings: tuple[Finding, ...] = field(default=DEFAULT_FINDINGS)
@@ -76,6 +79,11 @@ class TrainConfig:
         data = asdict(self)
         data["findings"] = [f.to_dict() for f in self.findings]
         return json.loads(json.dumps(data, default=str))
+
+
+# A fine-tuned model re-chooses a finding's threshold only from at least this many
+# positive validation images; with fewer, one image more or less would swing it.
+MIN_POSITIVES_FOR_THRESHOLD = 10
 
 
 def code_version() -> str:
@@ -133,8 +141,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     labels = tuple(f.label for f in config.findings)
 
     images = read_labels_csv(Path(config.data) / "labels.csv", vocabulary=labels)
-    train_images, validation_images = split_by_patient(images, config.validation_fraction,
-                                                       config.seed)
+    if config.validation_data:
+        train_images = images
+        validation_images = read_labels_csv(Path(config.validation_data) / "labels.csv",
+                                            vocabulary=labels)
+        images = train_images + validation_images
+    else:
+        train_images, validation_images = split_by_patient(images, config.validation_fraction,
+                                                           config.seed)
     if config.max_train_images:
         train_images = train_images[: config.max_train_images]
     preprocessing = PreprocessConfig(image_size=config.image_size)
@@ -252,13 +266,20 @@ def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
     bench.model.load_state_dict(state)
     predictions = predict_dataset(detector, validation_set)
     truth = ground_truth(validation_images)
+    parent = ModelCard.load(config.init_from, verify_weights=False) if config.init_from else None
     thresholds = {}
     for label in labels:
         positives = metrics.image_positives(truth, label)
         scores = metrics.image_scores(predictions, label)
-        thresholds[label] = (metrics.threshold_for_sensitivity(scores, positives,
-                                                               config.target_sensitivity)
-                             if positives.any() else 0.5)
+        if positives.sum() >= MIN_POSITIVES_FOR_THRESHOLD or (parent is None and
+                                                              positives.any()):
+            thresholds[label] = metrics.threshold_for_sensitivity(scores, positives,
+                                                                  config.target_sensitivity)
+        elif parent is not None and label in parent.thresholds:
+            # Too few positives to choose a threshold: keep the one the parent was given.
+            thresholds[label] = parent.thresholds[label]
+        else:
+            thresholds[label] = 0.5
     report = metrics.evaluate(truth, predictions, labels, thresholds)
     model_dir = out / "model"
     model_dir.mkdir(exist_ok=True)
@@ -270,8 +291,9 @@ def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
     card = _card(config, preprocessing, thresholds, file_sha256(model_dir / "weights.pt"),
                  data_fingerprint, {"validation": {
                      "dataset": {"source": str(config.data), "images": len(validation_images),
-                                 "split": f"{config.validation_fraction:.0%} of patients, "
-                                          f"stratified by finding, seed {config.seed}"},
+                                 "split": str(config.validation_data) if config.validation_data
+                                 else f"{config.validation_fraction:.0%} of patients, "
+                                      f"stratified by finding, seed {config.seed}"},
                      "values": summary}})
     card.save(model_dir)
     (out / "validation_metrics.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,252 @@
+"""``cxr-node scheduler``: retraining, the audit report and retention on cron schedules.
+
+APScheduler keeps its job store in the node's database (table ``apscheduler_jobs``), so
+the schedule survives restarts and ``cxr-node scheduler jobs`` can show it. Several
+scheduler processes may run (one per host, for availability): every scheduled occurrence
+of a task is run once, because running it starts by inserting its ``task_runs`` row, and
+the unique (task, scheduled_for) pair lets only one process do that. A retraining also
+never overlaps another one still running. Missed occurrences (the scheduler was down)
+run if at most ``misfire_grace_seconds`` late, several coalesced into one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from config.settings import Settings
+from storage import audit
+from storage.audit import AuditEventId, Outcome
+from storage.db import SCHEDULER_START_LOCK_KEY, Database
+from storage.files import DicomFileStore
+from storage.models import (
+    DatasetSnapshot,
+    DatasetSplit,
+    Instance,
+    LabelBatch,
+    Series,
+    TaskRun,
+    utcnow,
+)
+
+LOGGER = logging.getLogger("cxr_node.scheduler")
+JOB_TABLE = "apscheduler_jobs"
+TASKS = ("retrain", "report", "retention")
+# A retraining still "running" after this long is taken to have died with its process.
+RETRAIN_LEASE = timedelta(hours=24)
+
+# APScheduler stores jobs as a reference to a module-level function plus arguments, so
+# the running scheduler's context (settings, database) is looked up here by that function.
+_CONTEXT: dict[str, object] = {}
+
+
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def cron_trigger(expression: str, timezone: str) -> CronTrigger:
+    """5-field crontab, or 6 fields with seconds first (for compressed test schedules).
+
+    Weekday numbers are crontab's (0 and 7 Sunday); APScheduler 3 counts from Monday, so
+    they are passed on as names.
+    """
+    fields = expression.split()
+    second, (minute, hour, day, month, weekday) = ("0", fields) if len(fields) == 5 \
+        else (fields[0], fields[1:])
+    weekday = re.sub(r"(?<!/)\b[0-7]\b", lambda m: _WEEKDAYS[int(m.group())], weekday)
+    return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                       day_of_week=weekday, timezone=timezone)
+
+
+def _latest_occurrence(trigger: CronTrigger, now: datetime, lookback: timedelta) -> datetime:
+    """The newest fire time at or before ``now`` (what this run stands for)."""
+    latest, fire = None, trigger.get_next_fire_time(None, now - lookback)
+    while fire is not None and fire <= now:
+        latest = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+    return latest or now
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+class TaskRunner:
+    """Runs one occurrence of a task once, records it, and audits failures."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = DicomFileStore(settings.storage.data_dir)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:scheduler"
+
+    def cron(self, task: str) -> str:
+        scheduler = self.settings.scheduler
+        return {"retrain": scheduler.retrain_cron, "report": scheduler.report_cron,
+                "retention": scheduler.retention_cron}[task]
+
+    def run(self, task: str, now: datetime | None = None) -> TaskRun | None:
+        """Run the current occurrence of ``task`` unless another process has it."""
+        scheduler = self.settings.scheduler
+        now = now or datetime.now(UTC)
+        occurrence = _naive_utc(_latest_occurrence(
+            cron_trigger(self.cron(task), scheduler.timezone), now,
+            timedelta(seconds=scheduler.misfire_grace_seconds + 1)))
+        try:
+            with self.db.session() as session:
+                run = TaskRun(task=task, scheduled_for=occurrence, owner=self.owner)
+                session.add(run)
+        except IntegrityError:
+            LOGGER.info("%s at %s is run by another scheduler", task, occurrence)
+            return None
+        try:
+            outcome, message = getattr(self, f"_{task}")(occurrence)
+        except Exception as exc:  # noqa: BLE001 - recorded and audited; the next run retries
+            LOGGER.exception("%s failed", task)
+            outcome, message = "failed", f"{type(exc).__name__}: {exc}"
+        with self.db.session() as session:
+            run = session.get(TaskRun, run.id)
+            run.outcome, run.message, run.finished_at = outcome, message[:4000], utcnow()
+            audit.record(session, AuditEventId.APPLICATION_ACTIVITY, f"scheduled-{task}",
+                         Outcome.SERIOUS_FAILURE if outcome == "failed" else Outcome.SUCCESS,
+                         f"{task} scheduled for {occurrence:%Y-%m-%d %H:%M:%S}: {outcome}: "
+                         f"{message}")
+        return run
+
+    def _retrain(self, occurrence: datetime) -> tuple[str, str]:
+        from training.retrain import RetrainError, retrain
+
+        minimum = self.settings.training.min_new_labelled_studies
+        with self.db.session() as session:
+            running = session.scalar(select(func.count(TaskRun.id)).where(
+                TaskRun.task == "retrain", TaskRun.outcome == "running",
+                TaskRun.scheduled_for != occurrence,
+                TaskRun.started_at > utcnow() - RETRAIN_LEASE))
+            if running:
+                return "skipped", "another retraining is still running"
+            last = session.scalar(select(func.max(DatasetSnapshot.created_at)))
+            query = select(func.count(func.distinct(LabelBatch.study_id)))
+            if last is not None:
+                query = query.where(LabelBatch.created_at > last)
+            new = session.scalar(query) or 0
+        if new < minimum:
+            return "skipped", f"{new} newly labelled studies; {minimum} needed"
+        device = self.settings.worker.device
+        try:
+            outcome = retrain(self.settings, self.db, self.store, device=device)
+        except RetrainError as exc:
+            return "skipped", str(exc)
+        verdict = "passed" if outcome.gate.passed else "refused"
+        return "done", (f"candidate {outcome.candidate_version} from {new} new studies; gate "
+                        f"{verdict}{'; promoted' if outcome.promoted else ''}")
+
+    def _report(self, occurrence: datetime) -> tuple[str, str]:
+        from model.vocabulary import DEFAULT_LABELS
+        from node.audit_report import write_audit_report
+        from training.tracking import check_performance
+
+        scheduler = self.settings.scheduler
+        out = Path(self.settings.storage.data_dir) / scheduler.reports_dir / \
+            f"{occurrence:%Y-%m-%d-%H%M%S}"
+        write_audit_report(self.db, occurrence - timedelta(days=1), occurrence, out,
+                           DEFAULT_LABELS)
+        alerts = check_performance(self.db, DEFAULT_LABELS, margin=scheduler.alert_margin,
+                                   min_cases=scheduler.alert_min_cases)
+        return "done", f"report in {out}; {len(alerts)} performance alerts"
+
+    def _retention(self, occurrence: datetime) -> tuple[str, str]:
+        days = self.settings.scheduler.retention_days
+        if not days:
+            return "skipped", "retention_days is 0: images are kept"
+        cutoff = occurrence - timedelta(days=days)
+        with self.db.session() as session:
+            in_snapshots = select(DatasetSplit.study_id)
+            instances = session.scalars(
+                select(Instance).join(Series)
+                .where(Instance.received_at < cutoff, Instance.produced_by_node.is_(False),
+                       Instance.purged_at.is_(None), Series.study_id.not_in(in_snapshots))
+            ).all()
+            for instance in instances:
+                self.store.absolute(instance.path).unlink(missing_ok=True)
+            session.execute(update(Instance).where(Instance.id.in_([i.id for i in instances]))
+                            .values(purged_at=utcnow()))
+        return "done", f"{len(instances)} images older than {days} days deleted"
+
+
+def run_task(task: str) -> None:
+    """What APScheduler calls (by reference, from its job store)."""
+    runner = _CONTEXT["runner"]
+    runner.run(task)  # type: ignore[attr-defined]
+
+
+def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
+    scheduler_settings = settings.scheduler
+    _CONTEXT["runner"] = TaskRunner(settings, db)
+    scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=db.engine, tablename=JOB_TABLE)},
+        job_defaults={"coalesce": True, "max_instances": 1,
+                      "misfire_grace_time": scheduler_settings.misfire_grace_seconds},
+        timezone=scheduler_settings.timezone)
+    for task in TASKS:
+        scheduler.add_job(run_task, cron_trigger(_CONTEXT["runner"].cron(task),
+                                                 scheduler_settings.timezone),
+                          args=[task], id=task, name=task, replace_existing=True)
+    return scheduler
+
+
+def serve_scheduler(settings: Settings) -> int:
+    db = Database.connect(settings.storage.resolved_database_url(),
+                          settings.storage.sqlite_busy_timeout_seconds)
+    scheduler = build_scheduler(settings, db)
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    with db.engine.connect() as connection:
+        # Schedulers starting together create the job table and their jobs one at a time.
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_lock(:key)"),
+                               {"key": SCHEDULER_START_LOCK_KEY})
+        scheduler.start()
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"),
+                               {"key": SCHEDULER_START_LOCK_KEY})
+    for job in scheduler.get_jobs():
+        LOGGER.info("%s next at %s", job.id, job.next_run_time)
+    print(f"cxr-node scheduler running: {', '.join(TASKS)}", flush=True)
+    stopping.wait()
+    scheduler.shutdown(wait=True)
+    db.dispose()
+    return 0
+
+
+def list_jobs(settings: Settings, limit: int = 20) -> int:
+    """The schedule (next run of each task) and the last runs."""
+    db = Database.connect(settings.storage.resolved_database_url(),
+                          settings.storage.sqlite_busy_timeout_seconds)
+    scheduler = settings.scheduler
+    print(f"{'task':<10} {'cron':<16} next run ({scheduler.timezone})")
+    now = datetime.now(UTC)
+    for task in TASKS:
+        cron = TaskRunner(settings, db).cron(task)
+        upcoming = cron_trigger(cron, scheduler.timezone).get_next_fire_time(None, now)
+        print(f"{task:<10} {cron:<16} {upcoming:%Y-%m-%d %H:%M:%S}")
+    with db.session() as session:
+        runs = session.scalars(select(TaskRun).order_by(TaskRun.id.desc()).limit(limit)).all()
+    db.dispose()
+    print(f"\nlast runs:\n{'task':<10} {'scheduled for (UTC)':<19}  {'outcome':<8} "
+          f"{'owner':<28} message")
+    for run in runs:
+        print(f"{run.task:<10} {run.scheduled_for:%Y-%m-%d %H:%M:%S}  {run.outcome:<8} "
+              f"{run.owner[:28]:<28} {run.message}")
+    return 0

@@ -1,0 +1,61 @@
+"""Two `cxr-node scheduler` processes on PostgreSQL: each occurrence runs exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from storage.db import Database
+from storage.models import TaskRun
+from tests.peers import CXR_NODE, REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_schedulers_on_postgresql_never_run_an_occurrence_twice(tmp_path, postgres_url):
+    config = tmp_path / "cxr-node.yaml"
+    config.write_text(yaml.safe_dump({
+        "storage": {"data_dir": str(tmp_path / "data"), "database_url": postgres_url},
+        # A compressed schedule: retraining every 2 s (skipped: too few new labels).
+        "scheduler": {"retrain_cron": "*/2 * * * * *", "misfire_grace_seconds": 5},
+        "training": {"min_new_labelled_studies": 1000}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
+    logs = [open(tmp_path / f"scheduler{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+    schedulers = [subprocess.Popen([*CXR_NODE, "--config", str(config), "scheduler"], cwd=REPO,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+                  for log in logs]
+    time.sleep(12)
+    for process in schedulers:
+        process.send_signal(signal.SIGTERM)
+    for process, log in zip(schedulers, logs, strict=True):
+        assert process.wait(timeout=30) == 0
+        log.close()
+
+    db = Database.connect(postgres_url, upgrade=False)
+    with db.session() as session:
+        runs = session.scalars(select(TaskRun).where(TaskRun.task == "retrain")
+                               .order_by(TaskRun.scheduled_for)).all()
+    db.dispose()
+    occurrences = [run.scheduled_for for run in runs]
+    assert len(occurrences) >= 3
+    assert len(set(occurrences)) == len(occurrences)  # never twice
+    pairs = zip(occurrences, occurrences[1:], strict=False)
+    gaps = {(b - a).total_seconds() for a, b in pairs}
+    # On the 2 s grid; a busy machine may skip an occurrence still running (max_instances 1).
+    assert all(gap > 0 and gap % 2 == 0 for gap in gaps)
+    assert {run.outcome for run in runs} == {"skipped"}
+    assert "0 newly labelled studies; 1000 needed" in {run.message for run in runs}
+    both_logs = "".join((tmp_path / f"scheduler{i}.log").read_text() for i in range(2))
+    assert "is run by another scheduler" in both_logs  # the other process fired it too
+
+    listing = subprocess.run([*CXR_NODE, "--config", str(config), "scheduler", "jobs"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert "retrain    */2 * * * * *" in listing.stdout
+    assert "skipped" in listing.stdout

@@ -1,0 +1,74 @@
+"""The scheduler: each occurrence runs once, however many schedulers fire it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from config.settings import Settings
+from node.scheduler import TaskRunner, _latest_occurrence, cron_trigger
+from storage.models import Instance, Series, Study, TaskRun, utcnow
+
+
+def settings_for(tmp_path, database_url, **scheduler) -> Settings:
+    return Settings.model_validate({
+        "storage": {"data_dir": str(tmp_path / "data"), "database_url": database_url},
+        "scheduler": scheduler, "training": {"min_new_labelled_studies": 5}})
+
+
+def test_latest_occurrence_of_a_weekly_schedule():
+    trigger = cron_trigger("0 2 * * 0", "UTC")  # Sundays 02:00
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)  # a Friday
+
+    assert _latest_occurrence(trigger, now, timedelta(days=8)) == \
+        datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
+
+
+def test_an_occurrence_runs_once_however_many_schedulers_fire_it(tmp_path, database,
+                                                                database_url):
+    settings = settings_for(tmp_path, database_url)
+    first, second = TaskRunner(settings, database), TaskRunner(settings, database)
+    second.owner = "another-host:1:scheduler"
+    now = datetime(2026, 11, 22, 2, 0, 30, tzinfo=UTC)
+
+    run = first.run("retrain", now)
+    assert second.run("retrain", now) is None
+
+    assert run.outcome == "skipped"
+    assert run.message == "0 newly labelled studies; 5 needed"
+    with database.session() as session:
+        runs = session.scalars(select(TaskRun)).all()
+    assert [(r.task, r.scheduled_for, r.owner) for r in runs] == \
+        [("retrain", datetime(2026, 11, 22, 2, 0), first.owner)]
+    later = first.run("retrain", now + timedelta(days=7))
+    assert later is not None  # the next week's occurrence is a new run
+
+
+def test_retention_deletes_old_images_in_no_snapshot_and_keeps_the_rows(tmp_path, database,
+                                                                       database_url):
+    settings = settings_for(tmp_path, database_url, retention_days=30)
+    runner = TaskRunner(settings, database)
+    paths = {}
+    with database.session() as session:
+        study = Study(study_uid="1.2.3")
+        series = Series(study=study, series_uid="1.2.3.1")
+        session.add_all([study, series])
+        for name, age in (("old", 40), ("new", 5)):
+            path = f"dicom/{name}.dcm"
+            (runner.store.data_dir / path).write_bytes(b"x")
+            paths[name] = runner.store.data_dir / path
+            session.add(Instance(series=series, sop_instance_uid=f"1.2.3.1.{age}",
+                                 sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+                                 transfer_syntax_uid="1.2.840.10008.1.2.1", path=path,
+                                 size_bytes=1, sha256="0" * 64,
+                                 received_at=utcnow() - timedelta(days=age)))
+
+    run = runner.run("retention")
+
+    assert (run.outcome, run.message) == ("done", "1 images older than 30 days deleted")
+    assert not paths["old"].exists() and paths["new"].exists()
+    with database.session() as session:
+        purged = dict(session.execute(select(Instance.sop_instance_uid,
+                                             Instance.purged_at)).all())
+    assert purged["1.2.3.1.40"] is not None and purged["1.2.3.1.5"] is None

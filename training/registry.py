@@ -1,0 +1,163 @@
+"""The model registry: versions with their cards, files, test-set figures and lineage.
+
+States are candidate, active and retired, and exactly one version is active (a partial
+unique index makes the database refuse a second). A candidate becomes active only through
+the promotion gate (:func:`gate`): non-inferior to the active model on the locked test
+set for every finding, and its weights reproduce their golden outputs. Rollback makes the
+previously active version active again at once. Workers follow the active version
+without a restart (node.worker).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from model.card import ModelCard
+from storage import audit
+from storage.audit import AuditEventId, Outcome
+from storage.models import ModelState, ModelVersion, utcnow
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot be done; the message says why."""
+
+
+def register(session: Session, model_dir: Path, *, state: ModelState = ModelState.CANDIDATE,
+             parent: ModelVersion | None = None, snapshot_id: int | None = None,
+             test_metrics: dict | None = None) -> ModelVersion:
+    """Add the model in ``model_dir`` (its card is validated, weights checked)."""
+    model_dir = Path(model_dir).resolve()
+    card = ModelCard.load(model_dir)
+    existing = session.scalar(select(ModelVersion).where(
+        ModelVersion.name == card.name, ModelVersion.version == card.version))
+    if existing is not None:
+        raise RegistryError(f"{card.name} {card.version} is already registered "
+                            f"(id {existing.id}, {existing.state})")
+    version = ModelVersion(name=card.name, version=card.version, state=state,
+                           path=str(model_dir), weights_sha256=card.weights_sha256,
+                           parent_id=parent.id if parent else None, snapshot_id=snapshot_id,
+                           test_metrics=json.dumps(test_metrics) if test_metrics else None,
+                           activated_at=utcnow() if state == ModelState.ACTIVE else None)
+    session.add(version)
+    session.flush()
+    return version
+
+
+def active_version(session: Session) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.state == ModelState.ACTIVE))
+
+
+def ensure_active(session: Session, default_model_dir: Path) -> ModelVersion:
+    """The active version; on a new installation, ``default_model_dir`` becomes it."""
+    active = active_version(session)
+    if active is not None:
+        return active
+    card = ModelCard.load(default_model_dir)
+    known = session.scalar(select(ModelVersion).where(
+        ModelVersion.name == card.name, ModelVersion.version == card.version))
+    if known is not None:
+        _activate(session, known)
+        return known
+    version = register(session, default_model_dir, state=ModelState.ACTIVE)
+    audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-activated", Outcome.SUCCESS,
+                 f"{card.name} {card.version} from {version.path} is the first active model")
+    return version
+
+
+def _activate(session: Session, version: ModelVersion) -> ModelVersion | None:
+    """Retire the active version (if another) and make ``version`` active; the old one."""
+    previous = active_version(session)
+    if previous is not None and previous.id != version.id:
+        previous.state = ModelState.RETIRED
+        previous.retired_at = utcnow()
+        session.flush()  # the unique "one active" index sees the retirement first
+    version.state = ModelState.ACTIVE
+    version.activated_at = utcnow()
+    version.retired_at = None
+    session.flush()
+    return previous
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    reasons: list[str]  # one line per finding and check, pass or fail
+
+    def text(self) -> str:
+        verdict = "passed" if self.passed else "refused"
+        return f"promotion gate {verdict}:\n" + "\n".join(f"- {r}" for r in self.reasons)
+
+
+def _figure(metrics: dict, label: str, name: str) -> float:
+    value = metrics.get("per_finding", {}).get(label, {}).get(name)
+    return math.nan if value is None else float(value)
+
+
+def gate(candidate: dict[str, Any], active: dict[str, Any], margin: float,
+         golden_problems: list[str]) -> GateResult:
+    """Non-inferiority per finding on the same locked test set, and the golden check.
+
+    ``candidate`` and ``active`` are evaluation reports of the two models on the same
+    images (``{"per_finding": {label: {"sensitivity": …, "specificity": …}}}``). A figure
+    that cannot be measured (no positive or no negative image) is reported, not compared.
+    """
+    reasons, passed = [], True
+    for label in sorted(active.get("per_finding", {})):
+        for name in ("sensitivity", "specificity"):
+            new, old = _figure(candidate, label, name), _figure(active, label, name)
+            if math.isnan(old) or math.isnan(new):
+                reasons.append(f"{label} {name}: not measurable on this test set")
+                continue
+            ok = new >= old - margin
+            passed &= ok
+            reasons.append(f"{label} {name}: {new:.3f} vs active {old:.3f} "
+                           f"({'ok' if ok else f'lower by more than {margin}'})")
+    if golden_problems:
+        passed = False
+        reasons.append("golden outputs not reproduced: " + "; ".join(golden_problems[:3]))
+    else:
+        reasons.append("golden outputs reproduced")
+    return GateResult(passed, reasons)
+
+
+def promote(session: Session, version_id: int, why: str) -> ModelVersion:
+    """Make a candidate (or retired) version active; audited."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise RegistryError(f"no model version with id {version_id}")
+    if version.state == ModelState.ACTIVE:
+        raise RegistryError(f"{version.name} {version.version} is already active")
+    previous = _activate(session, version)
+    audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-promoted", Outcome.SUCCESS,
+                 f"{version.name} {version.version} active (was "
+                 f"{f'{previous.name} {previous.version}' if previous else 'none'}): {why}")
+    return version
+
+
+def rollback(session: Session) -> ModelVersion:
+    """Restore the version that was active before the current one; audited."""
+    current = active_version(session)
+    if current is None:
+        raise RegistryError("no active model to roll back from")
+    previous = session.scalar(
+        select(ModelVersion).where(ModelVersion.state == ModelState.RETIRED,
+                                   ModelVersion.activated_at.is_not(None))
+        .order_by(ModelVersion.retired_at.desc(), ModelVersion.id.desc()).limit(1))
+    if previous is None:
+        raise RegistryError(f"{current.name} {current.version} has no previous active version")
+    _activate(session, previous)
+    audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-rolled-back",
+                 Outcome.SUCCESS, f"{previous.name} {previous.version} active again; "
+                                  f"{current.name} {current.version} retired")
+    return previous
+
+
+def list_versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))

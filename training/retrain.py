@@ -1,0 +1,137 @@
+"""``cxr-node retrain``: a candidate model from the site's labels, judged on the locked test set.
+
+The candidate is fine-tuned from the active model (or trained from scratch) on the
+snapshot's training split, validated on its validation split (where thresholds are
+chosen), then the candidate and the active model are both evaluated on the same locked
+test set and the promotion gate decides (training.registry.gate). The candidate is
+registered either way, with its figures and the gate's reasons; it becomes active only
+if the gate passed and ``training.auto_promote`` is on (else ``cxr-node models promote``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from config.settings import Settings
+from model.card import ModelCard
+from model.detector import Detector
+from model.golden import check_golden, write_golden
+from storage import audit
+from storage.audit import AuditEventId, Outcome
+from storage.db import Database
+from storage.files import DicomFileStore
+from storage.models import DatasetSnapshot, ModelVersion, utcnow
+from training.evaluate import evaluate_model
+from training.registry import GateResult, active_version, gate, promote, register
+from training.snapshots import create_snapshot
+from training.train import TrainConfig, train
+
+LOGGER = logging.getLogger("cxr_node.retrain")
+
+
+class RetrainError(RuntimeError):
+    """Retraining cannot start or finish; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    candidate_id: int
+    candidate_version: str
+    snapshot_id: int
+    gate: GateResult
+    promoted: bool
+
+
+def next_version(session, name: str, version: str) -> str:  # noqa: ANN001 - Session
+    """The active version with its last number raised until no version has it."""
+    match = re.fullmatch(r"(.*?)(\d+)", version)
+    prefix, number = (match.group(1), int(match.group(2))) if match else (f"{version}.", 0)
+    taken = set(session.scalars(select(ModelVersion.version).where(ModelVersion.name == name)))
+    number += 1
+    while f"{prefix}{number}" in taken:
+        number += 1
+    return f"{prefix}{number}"
+
+
+def _images(labels_csv: Path) -> int:
+    with open(labels_csv, newline="") as handle:
+        return len({row["file"] for row in csv.DictReader(handle)})
+
+
+def summary(report: dict) -> dict:
+    """The figures the gate and the registry keep from an evaluation report."""
+    return {"images": report["data"]["images"], "map50": report["map50"],
+            "per_finding": {label: {k: values[k] for k in ("sensitivity", "specificity",
+                                                           "sensitivity_ci", "specificity_ci")
+                                    if k in values}
+                            for label, values in report["per_finding"].items()}}
+
+
+def retrain(settings: Settings, db: Database, store: DicomFileStore, *, from_scratch: bool = False,
+            epochs: int | None = None, image_size: int | None = None,
+            device: str = "auto") -> RetrainOutcome:
+    training = settings.training
+    with db.session() as session:
+        active = active_version(session)
+        if active is None:
+            raise RetrainError("no active model: start the node once (it registers the "
+                               "bundled model) or register one")
+        active_id, active_path = active.id, Path(active.path)
+    card = ModelCard.load(active_path)
+    snapshot = create_snapshot(settings, db, store, card.findings)
+    folder = Path(snapshot.path)
+    sizes = {split: _images(folder / split / "labels.csv")
+             for split in ("train", "validation", "test")}
+    if not all(sizes.values()):
+        raise RetrainError(f"not enough labelled images in snapshot {snapshot.id}: {sizes}")
+    with db.session() as session:
+        version = next_version(session, card.name, card.version)
+    run = Path(settings.storage.data_dir) / training.runs_dir / "runs" / \
+        f"{utcnow():%Y%m%dT%H%M%S}-{version}"
+    LOGGER.info("retraining %s %s -> %s on snapshot %s %s", card.name, card.version, version,
+                snapshot.id, sizes)
+    model_dir = train(TrainConfig(
+        data=folder / "train", validation_data=folder / "validation", out=run,
+        architecture=card.architecture, image_size=image_size or card.image_size,
+        anchor_scale=card.anchor_scale, epochs=epochs or training.epochs,
+        batch_size=training.batch_size, learning_rate=training.learning_rate, device=device,
+        init_from=None if from_scratch else active_path, name=card.name, version=version,
+        findings=card.findings), progress=False)
+    torch_device = None if device == "auto" else device
+    write_golden(model_dir, Detector.load(model_dir, torch_device))
+    candidate = evaluate_model(model_dir, folder / "test", run / "test-candidate", torch_device)
+    current = evaluate_model(active_path, folder / "test", run / "test-active", torch_device)
+    golden = check_golden(model_dir, Detector.load(model_dir, torch_device))
+    result = gate(candidate, current, training.promotion_margin, golden)
+    figures = {"snapshot": snapshot.id, "test_images": sizes["test"],
+               "candidate": summary(candidate), "active": summary(current),
+               "gate_passed": result.passed}
+    with db.session() as session:
+        parent = session.get(ModelVersion, active_id)
+        registered = register(session, model_dir, parent=parent, snapshot_id=snapshot.id,
+                              test_metrics=figures)
+        registered.gate_report = result.text()
+        audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-candidate",
+                     Outcome.SUCCESS if result.passed else Outcome.MINOR_FAILURE,
+                     f"{card.name} {version} trained on snapshot {snapshot.id} {sizes}; "
+                     f"{result.text()}")
+        promoted = result.passed and training.auto_promote
+        if promoted:
+            promote(session, registered.id, "passed the promotion gate (auto_promote)")
+        candidate_id = registered.id
+    return RetrainOutcome(candidate_id, version, snapshot.id, result, promoted)
+
+
+def gate_passed(version: ModelVersion) -> bool:
+    return bool(version.test_metrics and json.loads(version.test_metrics).get("gate_passed"))
+
+
+def latest_snapshot(session) -> DatasetSnapshot | None:  # noqa: ANN001 - Session
+    return session.scalar(select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(1))

@@ -72,3 +72,17 @@ def test_retention_deletes_old_images_in_no_snapshot_and_keeps_the_rows(tmp_path
         purged = dict(session.execute(select(Instance.sop_instance_uid,
                                              Instance.purged_at)).all())
     assert purged["1.2.3.1.40"] is not None and purged["1.2.3.1.5"] is None
+
+
+def test_report_task_writes_the_previous_days_report(tmp_path, database, database_url):
+    settings = settings_for(tmp_path, database_url, report_cron="0 6 * * *")
+    now = datetime(2026, 11, 27, 6, 0, 5, tzinfo=UTC)
+
+    run = TaskRunner(settings, database).run("report", now)
+
+    assert run.outcome == "done", run.message
+    folder = tmp_path / "data" / "reports" / "2026-11-27-060000"
+    assert run.message == f"report in {folder}; 0 performance alerts"
+    report = (folder / "audit-report.json").read_text()
+    assert '"since": "2026-11-26T06:00:00"' in report
+    assert (folder / "audit-report.html").exists()

@@ -1,0 +1,86 @@
+"""Labels into the database: a VinDr import matched to stored images, superseded by a later one."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from config.settings import Settings
+from storage.files import DicomFileStore
+from storage.models import Instance, Label, LabelBatch, Series, Study
+from training.label_store import current_labels, import_file
+from training.labels import LabelImportError
+
+VINDR_HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+
+
+def add_image(database, sop_uid: str, study_uid: str) -> None:
+    with database.session() as session:
+        study = Study(study_uid=study_uid, patient_id=f"P{study_uid[-1]}")
+        series = Series(study=study, series_uid=f"{study_uid}.1")
+        session.add_all([study, series, Instance(
+            series=series, sop_instance_uid=sop_uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+            transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"dicom/{sop_uid}.dcm",
+            size_bytes=1, sha256="0" * 64)])
+
+
+@pytest.fixture
+def site(tmp_path, database, database_url):
+    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data"),
+                                                   "database_url": database_url}})
+    add_image(database, "1.2.3.1.1", "1.2.3.1")
+    add_image(database, "1.2.3.2.1", "1.2.3.2")
+    return settings, database, DicomFileStore(settings.storage.data_dir)
+
+
+def test_vindr_import_merges_readers_keeps_unmapped_and_supersedes(site, tmp_path):
+    settings, database, store = site
+    first = tmp_path / "train.csv"
+    first.write_text(VINDR_HEADER
+                     + "1.2.3.1.1,Cardiomegaly,3,R8,100,300,300,400\n"
+                     + "1.2.3.1.1,Cardiomegaly,3,R9,110,310,310,410\n"
+                     + "1.2.3.1.1,Aortic enlargement,0,R8,200,100,260,160\n"
+                     + "1.2.3.1.1,Aortic enlargement,0,R9,202,102,262,162\n"
+                     + "1.2.3.2.1,No finding,14,R1,,,,\n"
+                     + "1.2.3.2.1,No finding,14,R2,,,,\n"
+                     + "9.9.9,No finding,14,R2,,,,\n")
+
+    summary = import_file(settings, database, store, first, "vindr")
+
+    assert (summary.studies, summary.labels, summary.unmatched_keys) == (2, 3, ["9.9.9"])
+    assert summary.unmapped_codes == [("99VINDR", "0", "Aortic enlargement")]
+    with database.session() as session:
+        labelled = {instance.sop_instance_uid: [(label.label, label.normal, label.x1)
+                                                for label in labels]
+                    for _, instance, labels in current_labels(session)}
+    assert labelled == {"1.2.3.1.1": [("Cardiomegaly", False, 105.0), (None, False, 201.0)],
+                        "1.2.3.2.1": [(None, True, None)]}
+
+    second = tmp_path / "relabelled.csv"
+    second.write_text("sop_instance_uid,label,x1,y1,x2,y2\n1.2.3.1.1,,,,,\n")
+    import_file(settings, database, store, second, "csv")
+    with database.session() as session:
+        batches = session.execute(select(LabelBatch.source, LabelBatch.superseded_at)
+                                  .join(Study).where(Study.study_uid == "1.2.3.1")
+                                  .order_by(LabelBatch.id)).all()
+        current = [(label.label, label.normal) for study, instance, labels
+                   in current_labels(session) if instance.sop_instance_uid == "1.2.3.1.1"
+                   for label in labels]
+        kept = session.scalar(select(Label.id).where(Label.label == "Cardiomegaly"))
+    assert [source for source, _ in batches] == ["vindr", "csv"]
+    assert batches[0][1] is not None and batches[1][1] is None
+    assert current == [(None, True)]
+    assert kept is not None  # the superseded labels stay as history
+
+
+def test_a_bad_row_imports_nothing(site, tmp_path):
+    settings, database, store = site
+    bad = tmp_path / "train.csv"
+    bad.write_text(VINDR_HEADER + "1.2.3.1.1,Cardiomegaly,3,R8,100,300,300,400\n"
+                   + "1.2.3.1.1,Cardiomegaly,3,R9,310,310,110,410\n")
+
+    with pytest.raises(LabelImportError, match="line 3"):
+        import_file(settings, database, store, bad, "vindr")
+
+    with database.session() as session:
+        assert session.scalars(select(Label.id)).all() == []

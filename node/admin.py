@@ -140,6 +140,26 @@ def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_si
     return 0
 
 
+def register_model(settings: Settings, model_dir: Path, device: str) -> int:
+    from model.card import CardError
+    from storage.files import DicomFileStore
+    from training.registry import RegistryError
+    from training.retrain import RetrainError, judge_external
+
+    db = _database(settings)
+    try:
+        outcome = judge_external(settings, db, DicomFileStore(settings.storage.data_dir),
+                                 model_dir, device)
+    except (RetrainError, RegistryError, CardError) as exc:
+        print(f"models register: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(f"registered {outcome.candidate_version} (id {outcome.candidate_id}) as a candidate"
+          f"\n{outcome.gate.text()}")
+    return 0
+
+
 def list_models(settings: Settings) -> int:
     from training.registry import list_versions
 

@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
                                        "promotion gate active")
     promote.add_argument("id", type=int)
     model_actions.add_parser("rollback", help="make the previously active version active again")
+    register = model_actions.add_parser("register", help="judge a model trained elsewhere "
+                                        "(cxr-node train) on the locked test set; register it")
+    register.add_argument("model_dir", type=Path)
+    register.add_argument("--device", default="auto")
 
     scheduler = commands.add_parser("scheduler", help="run scheduled retraining, audit "
                                     "reports and retention (or list them: scheduler jobs)")
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "retrain":
             return admin.retrain(settings, args.from_scratch, args.epochs, args.image_size,
                                  args.device)
+        if args.action == "register":
+            return admin.register_model(settings, args.model_dir, args.device)
         return {"list": admin.list_models, "promote": admin.promote_model,
                 "rollback": admin.rollback_model}[args.action](
             settings, *([args.id] if args.action == "promote" else []))

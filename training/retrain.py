@@ -83,7 +83,7 @@ def retrain(settings: Settings, db: Database, store: DicomFileStore, *, from_scr
         if active is None:
             raise RetrainError("no active model: start the node once (it registers the "
                                "bundled model) or register one")
-        active_id, active_path = active.id, Path(active.path)
+        active_path = Path(active.path)
     card = ModelCard.load(active_path)
     snapshot = create_snapshot(settings, db, store, card.findings)
     folder = Path(snapshot.path)
@@ -104,29 +104,65 @@ def retrain(settings: Settings, db: Database, store: DicomFileStore, *, from_scr
         batch_size=training.batch_size, learning_rate=training.learning_rate, device=device,
         init_from=None if from_scratch else active_path, name=card.name, version=version,
         findings=card.findings), progress=False)
+    outcome = judge(settings, db, model_dir, snapshot.id, device, run)
+    LOGGER.info("candidate %s: %s", version, outcome.gate.text())
+    return outcome
+
+
+def judge(settings: Settings, db: Database, model_dir: Path, snapshot_id: int,
+          device: str = "auto", work: Path | None = None) -> RetrainOutcome:
+    """Register ``model_dir`` as a candidate judged against the active model.
+
+    Both are evaluated on the snapshot's locked test set; the golden outputs are written
+    from the candidate's weights and must be reproduced after reloading them.
+    """
+    training = settings.training
+    with db.session() as session:
+        active = active_version(session)
+        snapshot = session.get(DatasetSnapshot, snapshot_id)
+        if active is None or snapshot is None:
+            raise RetrainError("judging needs an active model and a dataset snapshot")
+        active_id, active_path, folder = active.id, Path(active.path), Path(snapshot.path)
+    test_images = _images(folder / "test" / "labels.csv")
+    if not test_images:
+        raise RetrainError(f"snapshot {snapshot_id} has no test images")
+    card = ModelCard.load(model_dir)
+    work = work or Path(model_dir).parent
     torch_device = None if device == "auto" else device
     write_golden(model_dir, Detector.load(model_dir, torch_device))
-    candidate = evaluate_model(model_dir, folder / "test", run / "test-candidate", torch_device)
-    current = evaluate_model(active_path, folder / "test", run / "test-active", torch_device)
+    candidate = evaluate_model(model_dir, folder / "test", work / "test-candidate", torch_device)
+    current = evaluate_model(active_path, folder / "test", work / "test-active", torch_device)
     golden = check_golden(model_dir, Detector.load(model_dir, torch_device))
     result = gate(candidate, current, training.promotion_margin, golden)
-    figures = {"snapshot": snapshot.id, "test_images": sizes["test"],
+    figures = {"snapshot": snapshot_id, "test_images": test_images,
                "candidate": summary(candidate), "active": summary(current),
                "gate_passed": result.passed}
     with db.session() as session:
         parent = session.get(ModelVersion, active_id)
-        registered = register(session, model_dir, parent=parent, snapshot_id=snapshot.id,
+        registered = register(session, model_dir, parent=parent, snapshot_id=snapshot_id,
                               test_metrics=figures)
         registered.gate_report = result.text()
         audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-candidate",
                      Outcome.SUCCESS if result.passed else Outcome.MINOR_FAILURE,
-                     f"{card.name} {version} trained on snapshot {snapshot.id} {sizes}; "
-                     f"{result.text()}")
+                     f"{card.name} {card.version} judged on snapshot {snapshot_id} "
+                     f"({test_images} test images); {result.text()}")
         promoted = result.passed and training.auto_promote
         if promoted:
             promote(session, registered.id, "passed the promotion gate (auto_promote)")
         candidate_id = registered.id
-    return RetrainOutcome(candidate_id, version, snapshot.id, result, promoted)
+    return RetrainOutcome(candidate_id, card.version, snapshot_id, result, promoted)
+
+
+def judge_external(settings: Settings, db: Database, store: DicomFileStore, model_dir: Path,
+                   device: str = "auto") -> RetrainOutcome:
+    """A model trained elsewhere (``cxr-node train``): snapshot the labels, then judge it."""
+    with db.session() as session:
+        active = active_version(session)
+        if active is None:
+            raise RetrainError("no active model to judge against")
+        findings = ModelCard.load(Path(active.path)).findings
+    snapshot = create_snapshot(settings, db, store, findings)
+    return judge(settings, db, Path(model_dir).resolve(), snapshot.id, device)
 
 
 def gate_passed(version: ModelVersion) -> bool:

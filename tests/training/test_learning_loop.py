@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -31,7 +32,7 @@ from storage.files import DicomFileStore
 from storage.models import AuditEvent, DatasetSplit, ModelState, ModelVersion, Split
 from training.label_store import current_labels, import_file
 from training.registry import RegistryError, active_version, ensure_active, promote, rollback
-from training.retrain import retrain
+from training.retrain import judge_external, retrain
 from training.snapshots import create_snapshot
 
 pytestmark = pytest.mark.slow
@@ -167,3 +168,22 @@ def test_two_active_versions_are_refused_by_the_database(site):
     with pytest.raises(IntegrityError), db.session() as session:
         for version in session.scalars(select(ModelVersion)):
             version.state = ModelState.ACTIVE
+
+
+def test_a_model_trained_elsewhere_is_judged_before_it_can_be_promoted(site, tmp_path):
+    settings, db, store, bundled_id = site
+    copy = tmp_path / "site-model"
+    shutil.copytree(BUNDLED_MODEL, copy)
+    card = json.loads((copy / "card.json").read_text())
+    card["version"] = "0.1.0-copy"
+    (copy / "card.json").write_text(json.dumps(card))
+
+    outcome = judge_external(settings, db, store, copy, device="cpu")
+
+    assert outcome.gate.passed, outcome.gate.text()  # the same weights: equal on every figure
+    with db.session() as session:
+        registered = session.get(ModelVersion, outcome.candidate_id)
+        assert (registered.version, registered.state) == ("0.1.0-copy", ModelState.CANDIDATE)
+        assert registered.parent_id == active_version(session).id
+    with pytest.raises(RegistryError, match="already registered"):
+        judge_external(settings, db, store, copy, device="cpu")

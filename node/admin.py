@@ -131,8 +131,12 @@ def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_si
         return 1
     finally:
         db.dispose()
-    print(f"candidate {outcome.candidate_version} (id {outcome.candidate_id}) on snapshot "
-          f"{outcome.snapshot_id}\n{outcome.gate.text()}")
+    return _print_candidate(outcome)
+
+
+def _print_candidate(outcome) -> int:  # noqa: ANN001 - training.retrain.RetrainOutcome
+    print(f"candidate {outcome.candidate_version} (id {outcome.candidate_id}), judged on "
+          f"snapshot {outcome.snapshot_id}\n{outcome.gate.text()}")
     if outcome.promoted:
         print("promoted: it is the active model now")
     elif outcome.gate.passed:
@@ -155,9 +159,7 @@ def register_model(settings: Settings, model_dir: Path, device: str) -> int:
         return 1
     finally:
         db.dispose()
-    print(f"registered {outcome.candidate_version} (id {outcome.candidate_id}) as a candidate"
-          f"\n{outcome.gate.text()}")
-    return 0
+    return _print_candidate(outcome)
 
 
 def list_models(settings: Settings) -> int:

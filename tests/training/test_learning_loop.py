@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -30,6 +32,7 @@ from node.worker import Worker
 from storage.db import Database
 from storage.files import DicomFileStore
 from storage.models import AuditEvent, DatasetSplit, ModelState, ModelVersion, Split
+from tests.peers import CXR_NODE, REPO
 from training.label_store import current_labels, import_file
 from training.registry import RegistryError, active_version, ensure_active, promote, rollback
 from training.retrain import judge_external, retrain
@@ -187,3 +190,31 @@ def test_a_model_trained_elsewhere_is_judged_before_it_can_be_promoted(site, tmp
         assert registered.parent_id == active_version(session).id
     with pytest.raises(RegistryError, match="already registered"):
         judge_external(settings, db, store, copy, device="cpu")
+
+
+def test_admin_commands_list_promote_and_roll_back(site, tmp_path):
+    settings, db, _, bundled_id = site
+    config = tmp_path / "cxr-node.yaml"
+    config.write_text(yaml.safe_dump({"storage": {"data_dir": str(settings.storage.data_dir)}}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*CXR_NODE, "--config", str(config), "models", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    with db.session() as session:
+        by_version = {v.version: v.id for v in session.scalars(select(ModelVersion))}
+        refused = next(v.id for v in session.scalars(select(ModelVersion))
+                       if v.gate_report and "refused" in v.gate_report)
+
+    denied = cli("promote", str(refused))
+    assert denied.returncode == 1 and "did not pass the promotion gate" in denied.stderr
+    promoted = cli("promote", str(by_version["0.1.0-copy"]))
+    assert promoted.returncode == 0, promoted.stderr
+    listing = cli("list")
+    rows = {line.split()[2]: line.split()[3] for line in listing.stdout.splitlines()[1:]}
+    assert rows["0.1.0-copy"] == "active" and rows["0.1.0"] == "retired"
+    assert "gate refused" in listing.stdout and "gate passed" in listing.stdout
+    rolled_back = cli("rollback")
+    assert rolled_back.returncode == 0 and "0.1.0 is the active model again" in rolled_back.stdout
+    with db.session() as session:
+        assert active_version(session).id == bundled_id

@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=1, help="data-loading processes")
     train.add_argument("--init-from", type=Path, help="model folder to fine-tune from")
     train.add_argument("--version", default="0.1.0", help="version written into the card")
+    train.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI "
+                       "(needs the mlflow extra; default: $MLFLOW_TRACKING_URI if set)")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model on a labelled folder")
     evaluate.add_argument("--data", required=True, type=Path, help="folder with labels.csv")
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr, seed=args.seed, device=args.device,
-            init_from=args.init_from, version=args.version, workers=args.workers))
+            init_from=args.init_from, version=args.version, workers=args.workers,
+            mlflow_tracking_uri=args.mlflow_uri))
         print(f"best model: {model_dir}")
         return 0
     if args.command == "evaluate":

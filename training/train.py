@@ -34,6 +34,7 @@ from training.dataset import (
     read_labels_csv,
     split_by_patient,
 )
+from training.experiment_log import ExperimentLog
 
 LOGGER = logging.getLogger("cxr_node.train")
 INTENDED_USE = ("Trained on synthetic chest radiographs for demonstration and testing of "
@@ -60,6 +61,8 @@ class TrainConfig:
     # A folder with its own labels.csv for validation (a site's fixed split); None: 15% of
     # the patients in ``data``.
     validation_data: Path | None = None
+    # Also log to MLflow (an optional extra); None: $MLFLOW_TRACKING_URI, if set.
+    mlflow_tracking_uri: str | None = None
     name: str = "cxr-node-detector"
     version: str = "0.1.0"
     findings: tuple[Finding, ...] = field(default=DEFAULT_FINDINGS)
@@ -188,6 +191,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         LOGGER.info("resuming after epoch %d (best mAP@0.5 %.3f)", start_epoch, best_map)
 
     truth = ground_truth(validation_images)
+    experiment = ExperimentLog(config.mlflow_tracking_uri, config.name,
+                               f"{config.version} ({out.name})")
+    experiment.params({k: v for k, v in config.to_json().items() if k != "findings"})
     for epoch in range(start_epoch, config.epochs):
         train_set.epoch = epoch
         bench.train()
@@ -225,6 +231,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                   "train_images_per_second": len(train_set) / elapsed}
         with open(out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        experiment.metrics(record, step=epoch + 1)
         if progress:
             print(f"\repoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} "
                   f"mAP@0.5 {map50:.3f} mAP@0.4 {map40:.3f} "
@@ -239,8 +246,12 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     from training.evaluate import plot_training_curves  # matplotlib only when a run ends
 
     plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
-    return _write_model(config, out, bench, detector, validation_set, validation_images,
-                        labels, preprocessing, fingerprint(images))
+    model_dir = _write_model(config, out, bench, detector, validation_set, validation_images,
+                             labels, preprocessing, fingerprint(images))
+    experiment.files([out / "config.json", out / "training_curves.png",
+                      out / "validation_metrics.json", model_dir / "card.json"])
+    experiment.end()
+    return model_dir
 
 
 def _card(config: TrainConfig, preprocessing: PreprocessConfig, thresholds: dict[str, float],

@@ -44,3 +44,24 @@ def test_training_resumes_from_its_checkpoint(squares, tmp_path):
 
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert epochs == [1, 2]  # the second call ran only the missing epoch
+
+
+def test_a_run_is_logged_to_mlflow_when_a_tracking_uri_is_given(squares, tmp_path,
+                                                                monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts beside the working directory
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = TrainConfig(data=squares, out=tmp_path / "run", image_size=256, epochs=2,
+                         batch_size=8, device="cpu", version="0.0.2-mlflow",
+                         mlflow_tracking_uri=uri)
+
+    train(config, progress=False)
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name(config.name).experiment_id])
+    assert run.data.params["image_size"] == "256"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "map50")] == [1, 2]
+    logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert {"card.json", "training_curves.png", "config.json"} <= logged
+    assert run.info.status == "FINISHED"

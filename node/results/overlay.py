@@ -66,6 +66,7 @@ def render_overlay(source: Dataset, findings: Sequence[ImageFinding], *,
     font_size = max(12, round(max(rows, columns) / 50))
     font = ImageFont.load_default(size=font_size)
     draw = ImageDraw.Draw(image)
+    placed: list[tuple[int, int, int, int]] = []
     for item in findings:
         x1, y1, x2, y2 = item.box
         left = min(columns - 1, math.floor(x1 * scale_x))
@@ -73,14 +74,20 @@ def render_overlay(source: Dataset, findings: Sequence[ImageFinding], *,
         right = max(left, min(columns - 1, math.ceil(x2 * scale_x) - 1))
         bottom = max(top, min(rows - 1, math.ceil(y2 * scale_y) - 1))
         draw.rectangle((left, top, right, bottom), outline=BOX_COLOUR, width=line_width)
-        _draw_label(draw, item.label, font, (left, top), line_width, (rows, columns))
+        _draw_label(draw, item.label, font, (left, top), line_width, (rows, columns), placed)
     return np.asarray(image, dtype=np.uint8)
 
 
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
 def _draw_label(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont,
-                corner: tuple[int, int], line_width: int, shape: tuple[int, int]) -> None:
+                corner: tuple[int, int], line_width: int, shape: tuple[int, int],
+                placed: list[tuple[int, int, int, int]]) -> None:
     """A filled tag above the box's top-left corner, or just inside the box when the box
-    touches the top of the image; shifted left when it would leave the image."""
+    touches the top of the image; shifted left when it would leave the image, and moved
+    up (or down) past tags already ``placed``, so that nearby findings stay readable."""
     rows, columns = shape
     text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), text, font=font)
     pad = max(1, line_width)
@@ -90,5 +97,15 @@ def _draw_label(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont,
     y = y - height if y - height >= 0 else y + line_width
     x = max(0, min(x, columns - width))
     y = max(0, min(y, rows - height))
+    for step in range(len(placed) + 1):
+        for candidate in (y - step * height, y + step * height):
+            tag = (x, candidate, x + width - 1, candidate + height - 1)
+            if 0 <= candidate <= rows - height and not any(_overlaps(tag, p) for p in placed):
+                y = candidate
+                break
+        else:
+            continue
+        break
+    placed.append((x, y, x + width - 1, y + height - 1))
     draw.rectangle((x, y, x + width - 1, y + height - 1), fill=BOX_COLOUR)
     draw.text((x + pad - text_left, y + pad - text_top), text, fill=TEXT_COLOUR, font=font)

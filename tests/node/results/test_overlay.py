@@ -63,3 +63,18 @@ def test_refuses_findings_of_another_image(phantom):
 
     with pytest.raises(ValueError, match="not among the sources"):
         render_overlay(source, [stray])
+
+
+def test_labels_of_nearby_findings_do_not_cover_each_other():
+    from PIL import Image, ImageDraw, ImageFont
+
+    from node.results.overlay import _draw_label, _overlaps
+
+    draw = ImageDraw.Draw(Image.new("RGB", (400, 400)))
+    font = ImageFont.load_default(size=14)
+    placed: list[tuple[int, int, int, int]] = []
+    for text in ("Nodule 8%", "Nodule 6%", "Nodule 5%"):  # three boxes at one spot
+        _draw_label(draw, text, font, (200, 200), 2, (400, 400), placed)
+
+    assert len(placed) == 3
+    assert not any(_overlaps(a, b) for i, a in enumerate(placed) for b in placed[i + 1:])

@@ -103,6 +103,7 @@ class Worker:
         # The registry version running here; None: a fixed model that follows no registry.
         self.model_version_id = model_version_id
         self._next_model_check = 0.0
+        self._unloadable_version: int | None = None
         self.owner = f"{socket.gethostname()}:{os.getpid()}:worker:{uuid.uuid4().hex[:8]}"
         on_gpu = detector.device.type == "cuda"
         self.jobs_per_claim = settings.worker.max_jobs_per_batch or (8 if on_gpu else 1)
@@ -121,7 +122,18 @@ class Worker:
             if active is None or active.id == self.model_version_id:
                 return False
             version_id, path = active.id, Path(active.path)
-        detector = Detector.load(path, device=self.detector.device)
+            if version_id == self._unloadable_version:
+                return False
+        try:
+            detector = Detector.load(path, device=self.detector.device)
+        except Exception as exc:  # noqa: BLE001 - keep the current model; say so loudly
+            self._unloadable_version = version_id
+            LOGGER.exception("active model %s cannot be loaded", path)
+            with self.db.session() as session:
+                audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-load-failed",
+                             Outcome.SERIOUS_FAILURE, f"worker {self.owner} keeps "
+                             f"{self.detector.card.version}: {path} cannot be loaded: {exc}")
+            return False
         self.detector, self.model_version_id = detector, version_id
         self.reporter = Reporter(self.settings, self.store, detector.card)
         with self.db.session() as session:

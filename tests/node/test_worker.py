@@ -7,6 +7,8 @@ database after a study was analysed.
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from node.worker import Worker
 from storage.files import DicomFileStore
 from storage.jobs import claim_jobs
 from storage.models import (
+    AuditEvent,
     FindingRecord,
     ImageAnalysis,
     Job,
@@ -208,3 +211,28 @@ def test_job_taken_over_after_lease_expiry_is_published_once(site, tmp_path):
     assert not list((site.store.data_dir / "results").rglob("*.dcm"))
     with site.db.session() as session:
         assert session.scalar(select(func.count(Transfer.id))) == 0
+
+
+def test_an_active_model_that_cannot_load_is_reported_and_the_old_one_kept(site, tmp_path,
+                                                                           detector):
+    from training.registry import ensure_active, promote, register
+
+    with site.db.session() as session:
+        bundled = ensure_active(session, BUNDLED_MODEL)
+        broken_dir = tmp_path / "broken"
+        shutil.copytree(BUNDLED_MODEL, broken_dir)
+        card = json.loads((broken_dir / "card.json").read_text())
+        card["version"] = "9.9.9-broken"
+        (broken_dir / "card.json").write_text(json.dumps(card))
+        broken = register(session, broken_dir)
+        promote(session, broken.id, "test")
+    (broken_dir / "weights.pt").write_bytes(b"not weights")  # damaged after registration
+    site.worker.model_version_id = bundled.id
+
+    assert not site.worker.follow_active_model()
+
+    assert site.worker.detector.card.version == detector.card.version
+    with site.db.session() as session:
+        [event] = session.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "model-load-failed")).all()
+    assert "cannot be loaded" in event.message and detector.card.version in event.message

@@ -25,11 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import select  # noqa: E402
 
 from node.demo_pacs import InboxPacs  # noqa: E402
+from node.reporting import SR_CLASSES  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.models import Study  # noqa: E402
 from tests.peers import NodeProcess, storescu  # noqa: E402
-
-SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33")
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -25,15 +27,28 @@ from storage.models import (
 from storage.outbox import retry_dead
 
 
-def _database(settings: Settings) -> Database:
-    return Database.connect(settings.storage.resolved_database_url(),
-                            settings.storage.sqlite_busy_timeout_seconds)
+@contextmanager
+def database(settings: Settings) -> Iterator[Database]:
+    """The configured database for one admin command, disposed when it is done."""
+    db = Database.for_storage(settings.storage)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+def _attempt(prefix: str, errors: tuple[type[Exception], ...], action: Callable[[], int]) -> int:
+    """Run ``action``; an expected refusal is printed after ``prefix`` and exits with 1."""
+    try:
+        return action()
+    except errors as exc:
+        print(f"{prefix}{exc}", file=sys.stderr)
+        return 1
 
 
 def list_studies(settings: Settings, limit: int) -> int:
     """Recent studies: instances, completion, the latest job and its finding count."""
-    db = _database(settings)
-    with db.session() as session:
+    with database(settings) as db, db.session() as session:
         instances = (select(func.count(Instance.id)).join(Series)
                      .where(Series.study_id == Study.id).scalar_subquery())
         latest_job = (select(func.max(Job.id)).where(Job.study_id == Study.id)
@@ -48,7 +63,6 @@ def list_studies(settings: Settings, limit: int) -> int:
             select(FindingRecord.job_id, func.count(FindingRecord.id))
             .where(FindingRecord.job_id.in_(job_ids)).group_by(FindingRecord.job_id)).all())
         rows = [(*row[:-1], states.get(row[-1]), found.get(row[-1], 0)) for row in studies]
-    db.dispose()
     print(f"{'study':<64}  {'patient':<12} {'inst':>4}  {'state':<9} {'gen':>3}  "
           f"{'last instance (UTC)':<19}  {'job':<7} findings")
     for uid, patient, count, state, generation, last, job, found in rows:
@@ -59,8 +73,7 @@ def list_studies(settings: Settings, limit: int) -> int:
 
 def list_transfers(settings: Settings, limit: int, include_sent: bool) -> int:
     """Transfers not yet sent (and dead letters first), with their last error."""
-    db = _database(settings)
-    with db.session() as session:
+    with database(settings) as db, db.session() as session:
         query = (select(Transfer, ResultObject.kind, ResultObject.sop_instance_uid,
                         Study.study_uid)
                  .join(ResultObject, ResultObject.id == Transfer.result_id)
@@ -71,7 +84,6 @@ def list_transfers(settings: Settings, limit: int, include_sent: bool) -> int:
         rows = session.execute(query.order_by(*order).limit(limit)).all()
         counts = dict(session.execute(
             select(Transfer.state, func.count(Transfer.id)).group_by(Transfer.state)).all())
-    db.dispose()
     print("transfers: " + ", ".join(f"{state} {counts.get(state, 0)}" for state in TransferState))
     print(f"{'id':>6}  {'state':<8} {'destination':<12} {'kind':<15} {'tries':>5}  "
           f"{'next attempt (UTC)':<19}  study / object / last error")
@@ -87,13 +99,11 @@ def list_transfers(settings: Settings, limit: int, include_sent: bool) -> int:
 
 def retry_transfers(settings: Settings, transfer_ids: list[int]) -> int:
     """Queue dead letters again (the given ids, or all), audited."""
-    db = _database(settings)
-    with db.session() as session:
+    with database(settings) as db, db.session() as session:
         count = retry_dead(session, transfer_ids or None)
         audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "transfers-requeued",
                      Outcome.SUCCESS, f"{count} dead letters queued again"
                      + (f" (ids {transfer_ids})" if transfer_ids else ""))
-    db.dispose()
     print(f"queued {count} dead letters again")
     return 0
 
@@ -103,16 +113,14 @@ def import_labels(settings: Settings, path: Path, fmt: str) -> int:
     from training.label_store import import_file
     from training.labels import LabelImportError
 
-    db = _database(settings)
-    try:
-        summary = import_file(settings, db, DicomFileStore(settings.storage.data_dir), path, fmt)
-    except LabelImportError as exc:
-        print(f"nothing imported from {path}:\n{exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.dispose()
-    print(f"imported {summary.text()}")
-    return 0
+    def run() -> int:
+        with database(settings) as db:
+            summary = import_file(settings, db, DicomFileStore(settings.storage.data_dir),
+                                  path, fmt)
+        print(f"imported {summary.text()}")
+        return 0
+
+    return _attempt(f"nothing imported from {path}:\n", (LabelImportError,), run)
 
 
 def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_size: int | None,
@@ -121,17 +129,13 @@ def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_si
     from training.retrain import RetrainError
     from training.retrain import retrain as run_retrain
 
-    db = _database(settings)
-    try:
-        outcome = run_retrain(settings, db, DicomFileStore(settings.storage.data_dir),
-                              from_scratch=from_scratch, epochs=epochs, image_size=image_size,
-                              device=device)
-    except RetrainError as exc:
-        print(f"retrain: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.dispose()
-    return _print_candidate(outcome)
+    def run() -> int:
+        with database(settings) as db:
+            return _print_candidate(run_retrain(
+                settings, db, DicomFileStore(settings.storage.data_dir),
+                from_scratch=from_scratch, epochs=epochs, image_size=image_size, device=device))
+
+    return _attempt("retrain: ", (RetrainError,), run)
 
 
 def _print_candidate(outcome) -> int:  # noqa: ANN001 - training.retrain.RetrainOutcome
@@ -150,23 +154,18 @@ def register_model(settings: Settings, model_dir: Path, device: str) -> int:
     from training.registry import RegistryError
     from training.retrain import RetrainError, judge_external
 
-    db = _database(settings)
-    try:
-        outcome = judge_external(settings, db, DicomFileStore(settings.storage.data_dir),
-                                 model_dir, device)
-    except (RetrainError, RegistryError, CardError) as exc:
-        print(f"models register: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.dispose()
-    return _print_candidate(outcome)
+    def run() -> int:
+        with database(settings) as db:
+            return _print_candidate(judge_external(
+                settings, db, DicomFileStore(settings.storage.data_dir), model_dir, device))
+
+    return _attempt("models register: ", (RetrainError, RegistryError, CardError), run)
 
 
 def list_models(settings: Settings) -> int:
     from training.registry import list_versions
 
-    db = _database(settings)
-    with db.session() as session:
+    with database(settings) as db, db.session() as session:
         versions = list_versions(session)
         parents = {v.id: f"{v.name} {v.version}" for v in versions}
         print(f"{'id':>4}  {'name':<22} {'version':<10} {'state':<9} {'parent':<28} "
@@ -179,7 +178,6 @@ def list_models(settings: Settings) -> int:
             activated = f"{v.activated_at:%Y-%m-%d %H:%M:%S}" if v.activated_at else "-"
             print(f"{v.id:>4}  {v.name[:22]:<22} {v.version[:10]:<10} {v.state:<9} "
                   f"{parents.get(v.parent_id, '-')[:28]:<28} {activated:<19}  {test}")
-    db.dispose()
     return 0
 
 
@@ -188,9 +186,8 @@ def promote_model(settings: Settings, version_id: int) -> int:
     from training.registry import RegistryError, promote
     from training.retrain import gate_passed
 
-    db = _database(settings)
-    try:
-        with db.session() as session:
+    def run() -> int:
+        with database(settings) as db, db.session() as session:
             version = session.get(ModelVersion, version_id)
             if version is None:
                 raise RegistryError(f"no model version with id {version_id}")
@@ -200,25 +197,18 @@ def promote_model(settings: Settings, version_id: int) -> int:
             promote(session, version_id, "promoted by an admin (cxr-node models promote)")
             print(f"{version.name} {version.version} is the active model; workers switch to "
                   "it within seconds")
-    except RegistryError as exc:
-        print(f"models promote: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.dispose()
-    return 0
+        return 0
+
+    return _attempt("models promote: ", (RegistryError,), run)
 
 
 def rollback_model(settings: Settings) -> int:
     from training.registry import RegistryError, rollback
 
-    db = _database(settings)
-    try:
-        with db.session() as session:
+    def run() -> int:
+        with database(settings) as db, db.session() as session:
             restored = rollback(session)
             print(f"{restored.name} {restored.version} is the active model again")
-    except RegistryError as exc:
-        print(f"models rollback: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.dispose()
-    return 0
+        return 0
+
+    return _attempt("models rollback: ", (RegistryError,), run)

@@ -195,13 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         return list_jobs(settings) if args.action == "jobs" else serve_scheduler(settings)
     if args.command == "report":
         from model.vocabulary import DEFAULT_LABELS
+        from node.admin import database
         from node.audit_report import write_audit_report
-        from storage.db import Database
 
-        db = Database.connect(settings.storage.resolved_database_url())
         until = args.until or datetime.now(UTC).replace(tzinfo=None)
-        write_audit_report(db, args.since, until, args.out, DEFAULT_LABELS)
-        db.dispose()
+        with database(settings) as db:
+            write_audit_report(db, args.since, until, args.out, DEFAULT_LABELS)
         print(f"audit report for {args.since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: "
               f"{args.out / 'audit-report.html'} (and audit-report.json)")
         return 0

@@ -67,6 +67,8 @@ def complete_quiet_studies(db: Database, quiet_seconds: float, busy: frozenset[s
 class CompletionMonitor(PollingThread):
     """Completes quiet studies every ``check_interval_seconds``; wakes the worker when it did."""
 
+    periodic = True
+
     def __init__(self, db: Database, active: ActiveStudies, quiet_seconds: float,
                  check_interval_seconds: float) -> None:
         super().__init__("completion-monitor", check_interval_seconds)
@@ -75,8 +77,4 @@ class CompletionMonitor(PollingThread):
         self.quiet_seconds = quiet_seconds
 
     def step(self) -> int:
-        completed = complete_quiet_studies(self.db, self.quiet_seconds, self.active.snapshot())
-        if completed:
-            for follower in self.followers:
-                follower.wake()
-        return 0  # a periodic check: always wait for the next interval
+        return len(complete_quiet_studies(self.db, self.quiet_seconds, self.active.snapshot()))

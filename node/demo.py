@@ -27,12 +27,11 @@ from sqlalchemy import select
 
 from config.settings import Settings
 from node.demo_pacs import InboxPacs, OrthancPacs, free_port
+from node.reporting import SECONDARY_CAPTURE, SR_CLASSES
 from storage.models import FindingRecord, Instance, Series, Study
 
 MODALITY_AE = "DEMO-MODALITY"
 SYNTHETIC_SEED = 2  # held out: the bundled model was trained on seed 1
-SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33")
-SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
 @dataclass
@@ -110,7 +109,7 @@ def demo_settings(out: Path, pacs_port: int) -> Settings:
 def _findings(settings: Settings, studies: list[DemoStudy]) -> None:
     from storage.db import Database
 
-    db = Database.connect(settings.storage.resolved_database_url(), upgrade=False)
+    db = Database.for_storage(settings.storage, upgrade=False)
     with db.session() as session:
         for study in studies:
             rows = session.execute(
@@ -132,7 +131,7 @@ def _save_received(arrivals, out: Path) -> int:  # noqa: ANN001 - list of Arriva
         folder = received / str(ds.StudyInstanceUID)
         folder.mkdir(exist_ok=True)
         ds.save_as(folder / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-        if ds.SOPClassUID == SC_CLASS:
+        if ds.SOPClassUID == SECONDARY_CAPTURE:
             Image.fromarray(np.asarray(ds.pixel_array, dtype=np.uint8)).save(
                 previews / f"{ds.PatientID}-{ds.SOPInstanceUID}.png")
     return len(arrivals)

@@ -77,11 +77,13 @@ class OrthancPacs:
 
     name = "Orthanc"
 
-    def __init__(self, workdir: Path, ae_title: str = "PACS") -> None:
+    def __init__(self, workdir: Path, ae_title: str = "PACS",
+                 extra_config: dict | None = None) -> None:
         self.ae_title = ae_title
         self.port = free_port()
         self.http_port = free_port()
         self.workdir = Path(workdir)
+        self.extra_config = extra_config or {}
         self._process: subprocess.Popen | None = None
         self._seen: dict[str, Arrival] = {}
 
@@ -96,7 +98,8 @@ class OrthancPacs:
                   "StorageDirectory": str(self.workdir / "storage"),
                   "IndexDirectory": str(self.workdir / "index"),
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-                  "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False, "Plugins": []}
+                  "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False, "Plugins": [],
+                  **self.extra_config}
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - closed below

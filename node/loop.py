@@ -15,7 +15,13 @@ LOGGER = logging.getLogger("cxr_node.loop")
 
 
 class PollingThread(threading.Thread):
-    """Runs :meth:`step` until stopped; a step that did work wakes ``followers``."""
+    """Runs :meth:`step` until stopped; a step that did work wakes ``followers``.
+
+    A draining loop (workers, senders) goes straight on while steps find work; a
+    ``periodic`` one (the completion check) waits its interval after every step.
+    """
+
+    periodic = False
 
     def __init__(self, name: str, poll_interval_seconds: float) -> None:
         super().__init__(name=name, daemon=True)
@@ -46,7 +52,7 @@ class PollingThread(threading.Thread):
             if done:
                 for follower in self.followers:
                     follower.wake()
-            else:
+            if not done or self.periodic:
                 self._wake.wait(self.poll_interval_seconds)
                 self._wake.clear()
 

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SR_CLASSES = (COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR)  # what our reports are stored as
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _SR_CLASS = {"comprehensive-3d": COMPREHENSIVE_3D_SR, "comprehensive": COMPREHENSIVE_SR}
 _SR_KINDS = (ResultKind.SR, ResultKind.NOT_ANALYSED_SR)
 
@@ -94,8 +96,8 @@ class Reporter:
         rows, written = [], []
         try:
             for kind, ds in objects:
-                relative = self.store.result_path(ds.StudyInstanceUID, ds.SeriesInstanceUID,
-                                                  ds.SOPInstanceUID)
+                relative = self.store.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                    ds.SOPInstanceUID, root="results")
                 written.append(self.store.write_bytes(encode(ds), relative))
                 row = ResultObject(job_id=job.job_id, study_id=job.study_id, kind=kind,
                                    sop_class_uid=str(ds.SOPClassUID),

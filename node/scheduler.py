@@ -78,6 +78,13 @@ def _latest_occurrence(trigger: CronTrigger, now: datetime, lookback: timedelta)
     return latest or now
 
 
+def task_cron(settings: Settings, task: str) -> str:
+    """The configured cron expression of ``task``."""
+    scheduler = settings.scheduler
+    return {"retrain": scheduler.retrain_cron, "report": scheduler.report_cron,
+            "retention": scheduler.retention_cron}[task]
+
+
 def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
@@ -91,17 +98,12 @@ class TaskRunner:
         self.store = DicomFileStore(settings.storage.data_dir)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:scheduler"
 
-    def cron(self, task: str) -> str:
-        scheduler = self.settings.scheduler
-        return {"retrain": scheduler.retrain_cron, "report": scheduler.report_cron,
-                "retention": scheduler.retention_cron}[task]
-
     def run(self, task: str, now: datetime | None = None) -> TaskRun | None:
         """Run the current occurrence of ``task`` unless another process has it."""
         scheduler = self.settings.scheduler
         now = now or datetime.now(UTC)
         occurrence = _naive_utc(_latest_occurrence(
-            cron_trigger(self.cron(task), scheduler.timezone), now,
+            cron_trigger(task_cron(self.settings, task), scheduler.timezone), now,
             timedelta(seconds=scheduler.misfire_grace_seconds + 1)))
         try:
             with self.db.session() as session:
@@ -199,15 +201,14 @@ def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
                       "misfire_grace_time": scheduler_settings.misfire_grace_seconds},
         timezone=scheduler_settings.timezone)
     for task in TASKS:
-        scheduler.add_job(run_task, cron_trigger(_CONTEXT["runner"].cron(task),
+        scheduler.add_job(run_task, cron_trigger(task_cron(settings, task),
                                                  scheduler_settings.timezone),
                           args=[task], id=task, name=task, replace_existing=True)
     return scheduler
 
 
 def serve_scheduler(settings: Settings) -> int:
-    db = Database.connect(settings.storage.resolved_database_url(),
-                          settings.storage.sqlite_busy_timeout_seconds)
+    db = Database.for_storage(settings.storage)
     scheduler = build_scheduler(settings, db)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -232,15 +233,14 @@ def serve_scheduler(settings: Settings) -> int:
 
 def list_jobs(settings: Settings, limit: int = 20) -> int:
     """The schedule (next run of each task) and the last runs."""
-    db = Database.connect(settings.storage.resolved_database_url(),
-                          settings.storage.sqlite_busy_timeout_seconds)
     scheduler = settings.scheduler
     print(f"{'task':<10} {'cron':<16} next run ({scheduler.timezone})")
     now = datetime.now(UTC)
     for task in TASKS:
-        cron = TaskRunner(settings, db).cron(task)
+        cron = task_cron(settings, task)
         upcoming = cron_trigger(cron, scheduler.timezone).get_next_fire_time(None, now)
         print(f"{task:<10} {cron:<16} {upcoming:%Y-%m-%d %H:%M:%S}")
+    db = Database.for_storage(settings.storage)
     with db.session() as session:
         runs = session.scalars(select(TaskRun).order_by(TaskRun.id.desc()).limit(limit)).all()
     db.dispose()

@@ -56,10 +56,8 @@ class Node:
 
     def __init__(self, settings: Settings, receive: bool = True, analyse: bool = True) -> None:
         self.settings = settings
-        storage = settings.storage
-        self.db = Database.connect(storage.resolved_database_url(),
-                                   storage.sqlite_busy_timeout_seconds)
-        self.store = DicomFileStore(storage.data_dir)
+        self.db = Database.for_storage(settings.storage)
+        self.store = DicomFileStore(settings.storage.data_dir)
         self.listener = self.completion = self.worker = None
         if receive:
             active = ActiveStudies()

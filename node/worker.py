@@ -47,6 +47,8 @@ from storage.models import FindingRecord, ImageAnalysis, Instance, Job, Series, 
 from training.registry import active_version
 
 LOGGER = logging.getLogger("cxr_node.worker")
+# Elements larger than this (the pixel data) are read from the file when first used.
+DEFER_BYTES = 64 * 1024
 # How often a worker asks the registry whether another model became active.
 MODEL_CHECK_SECONDS = 5.0
 
@@ -81,7 +83,9 @@ def _read_image(store: DicomFileStore, instance: Instance, series_uid: str) -> S
     """Read, gate and preprocess one stored instance; a refusal becomes its skip reason."""
     image = SourceImage(instance.id, instance.sop_instance_uid, series_uid, None)
     try:
-        image.dataset = pydicom.dcmread(store.absolute(instance.path))
+        # Pixel data is read only when used: an image the gate skips (a CT slice, a
+        # lateral) costs a header read, not its megabytes.
+        image.dataset = pydicom.dcmread(store.absolute(instance.path), defer_size=DEFER_BYTES)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         image.skip_reason = f"stored file unreadable: {exc}"
         return image

@@ -70,6 +70,12 @@ class Database:
             migrate(engine)
         return cls(engine)
 
+    @classmethod
+    def for_storage(cls, storage, upgrade: bool = True) -> Database:  # noqa: ANN001
+        """The database ``config.settings.StorageSettings`` points at (URL, busy timeout)."""
+        return cls.connect(storage.resolved_database_url(), storage.sqlite_busy_timeout_seconds,
+                           upgrade)
+
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"

@@ -143,20 +143,19 @@ class DicomFileStore:
         return shutil.disk_usage(self.data_dir).free
 
     @staticmethod
-    def relative_path(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
-        """``dicom/<study>/<series>/<sop>.dcm`` after each UID is validated."""
+    def relative_path(study_uid: str, series_uid: str, sop_instance_uid: str,
+                      root: str = "dicom") -> str:
+        """``<root>/<study>/<series>/<sop>.dcm`` after each UID is validated.
+
+        ``dicom`` holds what was received, ``results`` the objects this node wrote (kept, so
+        a retry sends the very same object).
+        """
         parts = (
             validate_uid(study_uid, "Study Instance UID"),
             validate_uid(series_uid, "Series Instance UID"),
             validate_uid(sop_instance_uid, "SOP Instance UID"),
         )
-        return f"dicom/{parts[0]}/{parts[1]}/{parts[2]}.dcm"
-
-    @staticmethod
-    def result_path(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
-        """``results/<study>/<series>/<sop>.dcm``: objects this node wrote, kept for resending."""
-        return "results" + DicomFileStore.relative_path(
-            study_uid, series_uid, sop_instance_uid).removeprefix("dicom")
+        return f"{root}/{parts[0]}/{parts[1]}/{parts[2]}.dcm"
 
     def write_bytes(self, data: bytes, relative_path: str) -> Path:
         """Store ``data`` durably under ``relative_path``, as crash-safe as received files."""

@@ -47,17 +47,6 @@ def claim_jobs(db: Database, owner: str, lease_seconds: float, limit: int,
                       "attempts": Job.attempts + 1})
 
 
-def renew_lease(session: Session, job_id: int, owner: str, lease_seconds: float) -> bool:
-    """Extend our lease on a running job; False when it is no longer ours."""
-    changed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    return changed == 1
-
-
 def finish_job(session: Session, job_id: int, owner: str) -> bool:
     """Mark the job done if we still hold it; the caller commits results in the same session.
 

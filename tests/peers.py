@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from node.demo_pacs import OrthancPacs, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 CXR_NODE = [sys.executable, "-m", "node.cli"]
 
@@ -33,12 +35,6 @@ def require_tool(name: str) -> str:
         raise MissingTool(f"{name} is not installed: run `make tools` (Debian: dcmtk, "
                           f"dicom3tools, orthanc)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 30.0,
@@ -161,47 +157,35 @@ class StorescpProcess:
             self.process.wait(timeout=10)
 
 
-class OrthancProcess:
-    """Orthanc with its own configuration, storage and ports (a PACS for tests)."""
+class OrthancProcess(OrthancPacs):
+    """Orthanc as the demo starts it, plus what tests need: modalities it may send to,
+    fsync before it answers (as cxr-node does), and its REST API."""
 
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> None:
-        self.workdir = Path(workdir) / "orthanc"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.dicom_port = free_port()
-        self.http_port = free_port()
-        self.aet = aet
-        config = {
-            "Name": "cxr-node-test", "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "index"), "DicomAet": aet,
-            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-            "SyncStorageArea": True, "StorageCompression": False, "Plugins": [],
-            "DicomModalities": modalities or {}, "HttpServerEnabled": True,
-            "StableAge": 60, "LogExportedResources": False,
-        }
-        self.config_path = self.workdir / "orthanc.json"
-        self.config_path.write_text(json.dumps(config, indent=2))
-        self.process: subprocess.Popen | None = None
+        super().__init__(Path(workdir) / "orthanc", aet, extra_config={
+            "Name": "cxr-node-test", "SyncStorageArea": True, "StorageCompression": False,
+            "DicomModalities": modalities or {}, "HttpServerEnabled": True, "StableAge": 60,
+            "LogExportedResources": False})
+
+    @property
+    def dicom_port(self) -> int:
+        return self.port
+
+    @property
+    def aet(self) -> str:
+        return self.ae_title
 
     def __enter__(self) -> OrthancProcess:
-        self.process = subprocess.Popen([require_tool("Orthanc"), str(self.config_path)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.get("/system")
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("Orthanc did not start") from None
-                time.sleep(0.1)
-        wait_for_port(self.dicom_port, 10, self.process)
+        require_tool("Orthanc")
+        self.start()
+        wait_for_port(self.dicom_port, 10, self._process)
         return self
 
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def get(self, path: str) -> object:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
-            return json.loads(r.read())
+        return self._get(path)
 
     def post(self, path: str, body: object) -> object:
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
@@ -217,17 +201,7 @@ class OrthancProcess:
             return json.loads(r.read())["ID"]
 
     def download(self, instance_id: str) -> bytes:
-        url = f"http://127.0.0.1:{self.http_port}/instances/{instance_id}/file"
-        with urllib.request.urlopen(url, timeout=60) as r:
-            return r.read()
-
-    def __exit__(self, *_: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        return self._get(f"/instances/{instance_id}/file", raw=True)
 
 
 def storescu(port: int, files: list[Path], *, aec: str = "CXRNODE", aet: str = "STORESCU",

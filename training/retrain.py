@@ -168,6 +168,3 @@ def judge_external(settings: Settings, db: Database, store: DicomFileStore, mode
 def gate_passed(version: ModelVersion) -> bool:
     return bool(version.test_metrics and json.loads(version.test_metrics).get("gate_passed"))
 
-
-def latest_snapshot(session) -> DatasetSnapshot | None:  # noqa: ANN001 - Session
-    return session.scalar(select(DatasetSnapshot).order_by(DatasetSnapshot.id.desc()).limit(1))

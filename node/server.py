@@ -24,6 +24,8 @@ from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore
+from storage.leases import expire_leases_of_dead_local_processes
+from storage.models import Job, Transfer
 from training.label_store import LabelIntake
 
 LOGGER = logging.getLogger("cxr_node.server")
@@ -89,6 +91,7 @@ class Node:
         stale = self.store.remove_stale_incoming()
         if stale:
             LOGGER.warning("removed %d unfinished transfers left by a previous run", stale)
+        self._expire_dead_leases()
         for part in self.parts:
             part.start()
         where = (f"listening as {self.settings.dicom.ae_title} on port {self.listener.port}"
@@ -100,6 +103,15 @@ class Node:
             part.stop()
         self._audit("node-stopped", "orderly shutdown")
         self.db.dispose()
+
+    def _expire_dead_leases(self) -> None:
+        """A killed process on this host leaves jobs and transfers leased; take them up now."""
+        with self.db.session() as session:
+            for model in (Job, Transfer):
+                owners = expire_leases_of_dead_local_processes(session, model)
+                if owners:
+                    LOGGER.warning("%s leases of %s expired: those processes no longer run",
+                                   model.__tablename__, ", ".join(owners))
 
     def _audit(self, event_type: str, message: str) -> None:
         with self.db.session() as session:

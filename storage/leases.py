@@ -6,14 +6,22 @@ LIMIT n FOR UPDATE SKIP LOCKED)`` statement is not safe there: the planner may r
 subquery more than once and take more than ``n`` rows). SQLite serialises writers, so
 one ``UPDATE … WHERE id IN (SELECT … LIMIT n)`` statement is atomic and avoids upgrading
 a read transaction, which SQLite may refuse under concurrency.
+
+A lease owner is ``host:pid:role:nonce``. When a process is killed, its leases would
+hold its rows until they expire (minutes); a node starting on the same host expires at
+once the leases of processes there that no longer run, so a restart picks up at once.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
+
+from storage.models import utcnow
 
 
 def claim(session: Session, is_sqlite: bool, model: type, condition: ColumnElement[bool],
@@ -30,3 +38,36 @@ def claim(session: Session, is_sqlite: bool, model: type, condition: ColumnEleme
     statement = (update(model).where(chosen, condition).values(**values)
                  .returning(model.id).execution_options(synchronize_session=False))
     return sorted(session.scalars(statement).all())
+
+
+def process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+def expire_leases_of_dead_local_processes(session: Session, model: type) -> list[str]:
+    """Expire now the live leases held by processes on this host that no longer run.
+
+    Only processes on this host can be checked; a lease from elsewhere runs its course.
+    Our own pid is never taken for dead. Returns the owners whose leases were expired.
+    """
+    prefix = f"{socket.gethostname()}:"
+    now = utcnow()
+    held = session.execute(select(model.id, model.lease_owner).where(
+        model.lease_owner.startswith(prefix, autoescape=True), model.lease_expires_at > now))
+    dead: dict[str, list[int]] = {}
+    for row_id, owner in held:
+        pid = owner.removeprefix(prefix).split(":")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_is_running(int(pid)):
+            dead.setdefault(owner, []).append(row_id)
+    ids = [row_id for row_ids in dead.values() for row_id in row_ids]
+    if ids:
+        session.execute(update(model).where(model.id.in_(ids), model.lease_expires_at > now)
+                        .values(lease_expires_at=now)
+                        .execution_options(synchronize_session=False))
+    return sorted(dead)

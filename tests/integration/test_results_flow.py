@@ -10,6 +10,7 @@ and several worker processes on PostgreSQL complete each job exactly once.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 
 import pydicom
@@ -157,6 +158,24 @@ def test_sigkill_with_transfers_pending_then_restart_sends_them(start_node, tmp_
         node.start()
         wait_until(lambda: transfer_states(node) == {TransferState.SENT: 3}, timeout=30)
         assert received_uids(storescp) == result_uids(node)
+
+
+def test_sigkill_while_sending_then_restart_sends_at_once_not_after_the_lease(start_node,
+                                                                             tmp_path):
+    storescp = StorescpProcess(tmp_path)
+    silent = socket.create_server(("127.0.0.1", storescp.port))  # accepts, never answers
+    node = start_node(worker=WORKER, destinations=destination(storescp.port),
+                      sending={"lease_seconds": 600})
+    assert storescu(node.port, [write_chest(tmp_path / "in", 11, 5)]).returncode == 0
+    wait_until(lambda: transfer_states(node).get(TransferState.SENDING) == 3, timeout=60)
+
+    node.kill()
+    silent.close()
+    with storescp:
+        node.start()
+        wait_until(lambda: transfer_states(node) == {TransferState.SENT: 3}, timeout=30)
+        assert received_uids(storescp) == result_uids(node)
+    assert "transfers leases of" in node.log()
 
 
 def test_two_worker_processes_on_postgresql_complete_each_of_30_jobs_once(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -11,6 +13,7 @@ from sqlalchemy import select, update
 
 from storage.db import Database
 from storage.jobs import claim_jobs, fail_abandoned_jobs, finish_job, release_failed_job
+from storage.leases import expire_leases_of_dead_local_processes
 from storage.models import Job, JobState, ResultObject, Study, Transfer, TransferState, utcnow
 from storage.outbox import BackOff, claim_transfers, mark_failed, mark_sent, retry_dead
 
@@ -84,6 +87,29 @@ def test_expired_lease_is_taken_over_and_the_first_worker_cannot_finish(database
         assert finish_job(session, job_id, "other")
     finished = job(database, job_id)
     assert (finished.state, finished.attempts) == (JobState.DONE, 2)
+
+
+def test_leases_of_killed_local_processes_are_expired_and_others_kept(database):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    running = subprocess.Popen(["sleep", "60"])
+    host = socket.gethostname()
+    owners = [f"{host}:{gone.pid}:worker:a", f"{host}:{running.pid}:worker:b",
+              f"elsewhere:{gone.pid}:worker:c"]
+    try:
+        ids = add_jobs(database, 3)
+        for owner in owners:
+            claim_jobs(database, owner, LEASE, limit=1, max_attempts=3)
+
+        with database.session() as session:
+            assert expire_leases_of_dead_local_processes(session, Job) == [owners[0]]
+
+        assert claim_jobs(database, "restarted", LEASE, limit=3, max_attempts=3) == [ids[0]]
+        assert job(database, ids[1]).lease_owner == owners[1]
+        assert job(database, ids[2]).lease_owner == owners[2]
+    finally:
+        running.kill()
+        running.wait()
 
 
 def test_failed_job_is_retried_then_marked_failed(database):

@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--min-size", type=int, default=1500, help="smallest rows/columns")
     synth.add_argument("--max-size", type=int, default=3000, help="largest rows/columns")
     synth.add_argument("--normal-fraction", type=float, default=0.3)
+    synth.add_argument("--onto", type=Path, metavar="FILE", help="insert findings into this "
+                       "real radiograph instead of drawing whole synthetic ones (sizes unused)")
 
     train = commands.add_parser("train", help="train the detector on a labelled folder")
     train.add_argument("--data", required=True, type=Path, help="folder with labels.csv")
@@ -222,11 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         return list_studies(settings, args.limit)
     if args.command == "synth":
         from model.phantom import write_synthetic_set
+        from model.phantom.insertion import write_inserted_set
 
-        labels = write_synthetic_set(args.out, args.count, args.seed,
-                                     size_range=(args.min_size, args.max_size),
-                                     normal_fraction=args.normal_fraction)
-        print(f"wrote {args.count} synthetic radiographs; labels in {labels}")
+        if args.onto:
+            labels = write_inserted_set(args.onto, args.out, args.count, args.seed,
+                                        normal_fraction=args.normal_fraction)
+        else:
+            labels = write_synthetic_set(args.out, args.count, args.seed,
+                                         size_range=(args.min_size, args.max_size),
+                                         normal_fraction=args.normal_fraction)
+        made = f"radiographs with findings inserted into {args.onto}" if args.onto else \
+            "synthetic radiographs"
+        print(f"wrote {args.count} {made}; labels in {labels}")
         return 0
     if args.command == "train":
         from training.train import TrainConfig, train

@@ -223,11 +223,18 @@ def write_synthetic_set(out_dir: Path, count: int, seed: int, **options) -> Path
         raise TypeError(f"unknown option(s) {sorted(unknown)}: expected size_range, "
                         f"normal_fraction")
     count = _check_int("count", count, 1, 1_000_000)
+    return _write_cases(out_dir, (synthesize_case(seed, index, **options)
+                                  for index in range(count)))
+
+
+def _write_cases(out_dir: Path, cases) -> Path:
+    """Save each case (anything with ``dataset``, ``boxes`` and ``patient_id``) as
+    ``images/<PatientID>.dcm`` and list them in ``labels.csv``; shared by every set writer
+    so that training reads one format."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rows = []
-    for index in range(count):
-        case = synthesize_case(seed, index, **options)
+    for case in cases:
         ds = case.dataset
         relative = f"images/{case.patient_id}.dcm"
         ds.save_as(out_dir / relative, enforce_file_format=True)

@@ -10,11 +10,8 @@ old and becomes a dead letter. Every outcome is audited.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import ssl
 import threading
-import uuid
 
 import pydicom
 from pynetdicom import AE, evt
@@ -27,6 +24,7 @@ from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore
+from storage.leases import lease_owner
 from storage.models import ResultObject, Study, Transfer, TransferState
 from storage.outbox import BackOff, claim_transfers, mark_failed, mark_sent
 
@@ -73,7 +71,7 @@ class Sender:
         self.db = db
         self.store = store
         self.backoff = backoff_from(settings)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:sender:{uuid.uuid4().hex[:8]}"
+        self.owner = lease_owner("sender")
 
     def send_due(self) -> int:
         """Send every due transfer once; return how many were sent."""

@@ -13,10 +13,7 @@ worker's: a job taken over by another worker after a lease expired is stored onc
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +40,7 @@ from storage.jobs import (
     release_failed_job,
     return_unstarted_job,
 )
+from storage.leases import lease_owner
 from storage.models import FindingRecord, ImageAnalysis, Instance, Job, Series, Study
 from training.registry import active_version
 
@@ -108,7 +106,7 @@ class Worker:
         self.model_version_id = model_version_id
         self._next_model_check = 0.0
         self._unloadable_version: int | None = None
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:worker:{uuid.uuid4().hex[:8]}"
+        self.owner = lease_owner("worker")
         on_gpu = detector.device.type == "cuda"
         self.jobs_per_claim = settings.worker.max_jobs_per_batch or (8 if on_gpu else 1)
 

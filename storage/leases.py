@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from typing import Any
 
 from sqlalchemy import ColumnElement, select, update
@@ -40,7 +41,12 @@ def claim(session: Session, is_sqlite: bool, model: type, condition: ColumnEleme
     return sorted(session.scalars(statement).all())
 
 
-def process_is_running(pid: int) -> bool:
+def lease_owner(role: str) -> str:
+    """``host:pid:role:nonce``: unique per claimer, and checkable from this host."""
+    return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
+
+
+def _process_is_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,12 +66,12 @@ def expire_leases_of_dead_local_processes(session: Session, model: type) -> list
     now = utcnow()
     held = session.execute(select(model.id, model.lease_owner).where(
         model.lease_owner.startswith(prefix, autoescape=True), model.lease_expires_at > now))
-    dead: dict[str, list[int]] = {}
+    ids, dead = [], set()
     for row_id, owner in held:
         pid = owner.removeprefix(prefix).split(":")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not process_is_running(int(pid)):
-            dead.setdefault(owner, []).append(row_id)
-    ids = [row_id for row_ids in dead.values() for row_id in row_ids]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_is_running(int(pid)):
+            ids.append(row_id)
+            dead.add(owner)
     if ids:
         session.execute(update(model).where(model.id.in_(ids), model.lease_expires_at > now)
                         .values(lease_expires_at=now)

@@ -6,6 +6,7 @@ import csv
 import math
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -62,6 +63,16 @@ def coords(box: Box) -> tuple[float, float, float, float]:
 def inside(inner, outer, slack: float = 0.0) -> bool:
     return (inner[0] >= outer[0] - slack and inner[1] >= outer[1] - slack
             and inner[2] <= outer[2] + slack and inner[3] <= outer[3] + slack)
+
+def read_back(labels_path: Path) -> tuple[dict, list[list[str]]]:
+    """A written set through the training reader, ({file relative to the set: image}, the
+    file's raw rows), its header checked on the way."""
+    with labels_path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == LABELS_HEADER
+    return {image.path.relative_to(labels_path.parent).as_posix(): image
+            for image in read_labels_csv(labels_path, vocabulary=DEFAULT_LABELS)}, rows
+
 
 
 def test_same_seed_and_index_give_byte_identical_files(tmp_path):
@@ -254,12 +265,8 @@ def test_written_files_are_valid_dx_for_both_polarities(tmp_path, tool):
 def test_labels_csv_round_trips_with_the_training_reader(tmp_path):
     labels_path = write_synthetic_set(tmp_path / "set", 12, 4, size_range=SMALL,
                                       normal_fraction=0.4)
-    images = {image.path.relative_to(labels_path.parent).as_posix(): image
-              for image in read_labels_csv(labels_path, vocabulary=DEFAULT_LABELS)}
-    with labels_path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    images, rows = read_back(labels_path)
 
-    assert tuple(rows[0]) == LABELS_HEADER
     assert len(images) == 12
     assert any(not image.boxes for image in images.values())
     assert any(image.boxes for image in images.values())

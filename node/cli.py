@@ -107,8 +107,26 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=1, help="data-loading processes")
     train.add_argument("--init-from", type=Path, help="model folder to fine-tune from")
     train.add_argument("--version", default="0.1.0", help="version written into the card")
+    train.add_argument("--target-sensitivity", type=float, default=0.90,
+                       help="operating point the thresholds are chosen for on validation")
+    train.add_argument("--target-specificity", type=float, default=0.90)
     train.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI "
                        "(needs the mlflow extra; default: $MLFLOW_TRACKING_URI if set)")
+
+    calibrate = commands.add_parser(
+        "calibrate", help="choose a model's thresholds again on its validation split, as a "
+        "new version with the same weights")
+    calibrate.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    calibrate.add_argument("--data", required=True, type=Path,
+                           help="the folder the model was trained on (labels.csv)")
+    calibrate.add_argument("--out", required=True, type=Path, help="new model folder")
+    calibrate.add_argument("--version", required=True, help="version written into the card")
+    calibrate.add_argument("--target-sensitivity", type=float, default=0.90)
+    calibrate.add_argument("--target-specificity", type=float, default=0.90)
+    calibrate.add_argument("--seed", type=int, default=0, help="the split seed training used")
+    calibrate.add_argument("--validation-data", type=Path,
+                           help="the validation folder training used, if it had one")
+    calibrate.add_argument("--device", default=None)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model on a labelled folder")
     evaluate.add_argument("--data", required=True, type=Path, help="folder with labels.csv")
@@ -246,8 +264,22 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             learning_rate=args.lr, seed=args.seed, device=args.device,
             init_from=args.init_from, version=args.version, workers=args.workers,
-            mlflow_tracking_uri=args.mlflow_uri))
+            target_sensitivity=args.target_sensitivity,
+            target_specificity=args.target_specificity, mlflow_tracking_uri=args.mlflow_uri))
         print(f"best model: {model_dir}")
+        return 0
+    if args.command == "calibrate":
+        from training.calibrate import calibrate
+
+        try:
+            card = calibrate(args.model, args.data, args.out, args.version,
+                             args.target_sensitivity, args.target_specificity, seed=args.seed,
+                             validation_data=args.validation_data, device=args.device)
+        except ValueError as exc:  # CardError included
+            print(f"cxr-node calibrate: {exc}", file=sys.stderr)
+            return 1
+        print(f"{card.name} {card.version} in {args.out}; thresholds "
+              + ", ".join(f"{label} {value:.3f}" for label, value in card.thresholds.items()))
         return 0
     if args.command == "evaluate":
         from training.evaluate import evaluate_model

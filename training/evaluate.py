@@ -57,12 +57,7 @@ def evaluate_model(model_dir: Path, data_dir: Path, out_dir: Path,
     _plot_roc(truth, predictions, card.labels, out / "roc.png")
     _plot_froc(truth, predictions, card.labels, out / "froc.png")
     if record_as:
-        values = {"map50": report["map50"], "map40": report["map40"],
-                  "any_finding": {k: report["any_finding"][k]
-                                  for k in ("sensitivity", "specificity", "auc")},
-                  "per_finding": {label: {k: report["per_finding"][label][k]
-                                          for k in ("sensitivity", "specificity", "auc", "ap50")}
-                                  for label in card.labels}}
+        values = metrics.headline(report, card.labels)
         dataset = {"labels": str(Path(data_dir) / "labels.csv"), "images": len(images),
                    "fingerprint": fingerprint(images)}
         replace(card, metrics={**card.metrics, record_as: {"dataset": dataset,

@@ -55,6 +55,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     validation_fraction: float = 0.15
     target_sensitivity: float = 0.90
+    target_specificity: float = 0.90
     seed: int = 0
     device: str = "auto"
     init_from: Path | None = None  # a model folder to fine-tune from
@@ -75,8 +76,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}")
-        if not 0 < self.target_sensitivity < 1:
-            raise ValueError(f"target_sensitivity {self.target_sensitivity} must be in (0, 1)")
+        for name in ("target_sensitivity", "target_specificity"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} must be in (0, 1)")
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -119,6 +121,37 @@ def predict_dataset(detector: Detector,
 def ground_truth(images: list[LabelledImage]) -> list[list[metrics.GroundTruthBox]]:
     return [[metrics.GroundTruthBox(b.x1, b.y1, b.x2, b.y2, b.label) for b in image.boxes]
             for image in images]
+
+
+def operating_point(target_sensitivity: float, target_specificity: float) -> str:
+    """How thresholds were chosen, as the card records it beside the validation figures."""
+    return (f"per finding, the threshold with the widest margin over sensitivity "
+            f"{target_sensitivity:.2f} and specificity {target_specificity:.2f} on validation "
+            f"(sensitivity {target_sensitivity:.2f} first where both cannot hold)")
+
+
+def choose_thresholds(truth: list[list[metrics.GroundTruthBox]],
+                      predictions: list[list[metrics.PredictedBox]], labels: tuple[str, ...],
+                      target_sensitivity: float, target_specificity: float,
+                      parent_thresholds: dict[str, float] | None) -> dict[str, float]:
+    """Each finding's operating threshold from validation predictions.
+
+    A finding with fewer than ``MIN_POSITIVES_FOR_THRESHOLD`` positive images keeps the
+    parent's threshold (0.5 without a parent, unless it has some positives to go on).
+    """
+    thresholds = {}
+    for label in labels:
+        positives = metrics.image_positives(truth, label)
+        scores = metrics.image_scores(predictions, label)
+        if positives.sum() >= MIN_POSITIVES_FOR_THRESHOLD or (parent_thresholds is None
+                                                              and positives.any()):
+            thresholds[label] = metrics.threshold_for_operating_point(
+                scores, positives, target_sensitivity, target_specificity)
+        elif parent_thresholds is not None and label in parent_thresholds:
+            thresholds[label] = parent_thresholds[label]
+        else:
+            thresholds[label] = 0.5
+    return thresholds
 
 
 def _autocast(device: torch.device):  # noqa: ANN202
@@ -278,34 +311,22 @@ def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
     predictions = predict_dataset(detector, validation_set)
     truth = ground_truth(validation_images)
     parent = ModelCard.load(config.init_from, verify_weights=False) if config.init_from else None
-    thresholds = {}
-    for label in labels:
-        positives = metrics.image_positives(truth, label)
-        scores = metrics.image_scores(predictions, label)
-        if positives.sum() >= MIN_POSITIVES_FOR_THRESHOLD or (parent is None and
-                                                              positives.any()):
-            thresholds[label] = metrics.threshold_for_sensitivity(scores, positives,
-                                                                  config.target_sensitivity)
-        elif parent is not None and label in parent.thresholds:
-            # Too few positives to choose a threshold: keep the one the parent was given.
-            thresholds[label] = parent.thresholds[label]
-        else:
-            thresholds[label] = 0.5
+    thresholds = choose_thresholds(truth, predictions, labels, config.target_sensitivity,
+                                   config.target_specificity,
+                                   parent.thresholds if parent else None)
     report = metrics.evaluate(truth, predictions, labels, thresholds)
     model_dir = out / "model"
     model_dir.mkdir(exist_ok=True)
     torch.save(state, model_dir / "weights.pt")
-    summary = {"map50": report["map50"], "map40": report["map40"],
-               "per_finding": {label: {k: report["per_finding"][label][k]
-                                       for k in ("sensitivity", "specificity", "auc", "ap50")}
-                               for label in labels}}
     card = _card(config, preprocessing, thresholds, file_sha256(model_dir / "weights.pt"),
                  data_fingerprint, {"validation": {
                      "dataset": {"source": str(config.data), "images": len(validation_images),
                                  "split": str(config.validation_data) if config.validation_data
                                  else f"{config.validation_fraction:.0%} of patients, "
-                                      f"stratified by finding, seed {config.seed}"},
-                     "values": summary}})
+                                      f"stratified by finding, seed {config.seed}",
+                                 "operating_point": operating_point(config.target_sensitivity,
+                                                                    config.target_specificity)},
+                     "values": metrics.headline(report, labels)}})
     card.save(model_dir)
     (out / "validation_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return model_dir

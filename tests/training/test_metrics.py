@@ -19,6 +19,7 @@ from training.metrics import (
     mean_average_precision,
     roc_curve,
     sensitivity_specificity,
+    threshold_for_operating_point,
     threshold_for_sensitivity,
     wilson_interval,
 )
@@ -215,6 +216,33 @@ def test_threshold_for_sensitivity_keeps_specificity_and_leaves_room_below():
     # Perfectly separated (negatives all below): the threshold sits inside the gap.
     assert threshold_for_sensitivity([0.9, 0.8, 0.3, 0.1], [True, True, False, False],
                                      0.9) == pytest.approx(0.55)
+
+
+def test_operating_point_takes_the_widest_margin_over_both_targets():
+    # Ten positives; 40 negatives, two of them among the positives' scores.
+    positive_scores = [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.3]
+    scores = positive_scores + [0.4, 0.2] + [0.05] * 38
+    positives = [True] * 10 + [False] * 40
+    # Sensitivity alone stops at the 9th positive (0.5): 0.9 exactly, no room below it.
+    assert threshold_for_sensitivity(scores, positives, 0.9) == pytest.approx(0.45)
+    # Calling from 0.3 down gives sensitivity 1.0 (1.05 standard errors above 0.9 with 10
+    # positives) at specificity 0.975 (1.58 above 0.9 with 40 negatives); from 0.2 the
+    # specificity margin falls to 1.05, so 0.3 is kept, midway down to 0.2.
+    threshold = threshold_for_operating_point(scores, positives, 0.9, 0.9)
+    assert threshold == pytest.approx(0.25)
+    rates = sensitivity_specificity(scores, positives, threshold)
+    assert (rates["sensitivity"], rates["specificity"]) == (1.0, 0.975)
+
+
+def test_operating_point_falls_back_to_sensitivity_when_both_targets_cannot_hold():
+    # Half the negatives score above every positive: no threshold has specificity 0.9 and
+    # sensitivity 0.9 together, so sensitivity comes first.
+    scores = [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.3] + [0.95] * 5 + [0.05] * 5
+    positives = [True] * 10 + [False] * 10
+    assert threshold_for_operating_point(scores, positives, 0.9, 0.9) == pytest.approx(
+        threshold_for_sensitivity(scores, positives, 0.9)) == pytest.approx(0.275)
+    with pytest.raises(ValueError, match="target_specificity"):
+        threshold_for_operating_point(scores, positives, 0.9, 1.0)
 
 
 # --- FROC ----------------------------------------------------------------------------------

@@ -10,12 +10,24 @@ import time
 import pytest
 import yaml
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage.db import Database
 from storage.models import TaskRun
 from tests.peers import CXR_NODE, REPO
 
 pytestmark = pytest.mark.integration
+
+
+def _retrain_occurrences(url: str) -> int:
+    db = Database.connect(url, upgrade=False)
+    try:
+        with db.session() as session:
+            return len(session.scalars(select(TaskRun).where(TaskRun.task == "retrain")).all())
+    except SQLAlchemyError:  # the schedulers have not created the tables yet
+        return 0
+    finally:
+        db.dispose()
 
 
 def test_two_schedulers_on_postgresql_never_run_an_occurrence_twice(tmp_path, postgres_url):
@@ -30,7 +42,11 @@ def test_two_schedulers_on_postgresql_never_run_an_occurrence_twice(tmp_path, po
     schedulers = [subprocess.Popen([*CXR_NODE, "--config", str(config), "scheduler"], cwd=REPO,
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
                   for log in logs]
-    time.sleep(12)
+    # Both processes import torch before they schedule anything: on a busy machine that
+    # alone can take most of a fixed wait, so wait for the occurrences themselves.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _retrain_occurrences(postgres_url) < 4:
+        time.sleep(1)
     for process in schedulers:
         process.send_signal(signal.SIGTERM)
     for process, log in zip(schedulers, logs, strict=True):

@@ -255,6 +255,10 @@ class TrainingSettings(_Section):
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=8, ge=1, le=512)
     learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    # The operating point each finding's threshold is chosen for on validation (the widest
+    # margin over both; sensitivity first where both cannot hold).
+    target_sensitivity: float = Field(default=0.90, gt=0, lt=1)
+    target_specificity: float = Field(default=0.90, gt=0, lt=1)
     # Retrain only when at least this many studies were labelled since the last snapshot.
     min_new_labelled_studies: int = Field(default=50, ge=0)
     # A candidate may be at most this much below the active model in sensitivity and in

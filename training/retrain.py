@@ -102,6 +102,8 @@ def retrain(settings: Settings, db: Database, store: DicomFileStore, *, from_scr
         architecture=card.architecture, image_size=image_size or card.image_size,
         anchor_scale=card.anchor_scale, epochs=epochs or training.epochs,
         batch_size=training.batch_size, learning_rate=training.learning_rate, device=device,
+        target_sensitivity=training.target_sensitivity,
+        target_specificity=training.target_specificity,
         init_from=None if from_scratch else active_path, name=card.name, version=version,
         findings=card.findings), progress=False)
     outcome = judge(settings, db, model_dir, snapshot.id, device, run)

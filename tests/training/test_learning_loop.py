@@ -38,6 +38,8 @@ from training.registry import RegistryError, active_version, ensure_active, prom
 from training.retrain import judge_external, retrain
 from training.snapshots import create_snapshot
 
+BUNDLED_VERSION = ModelCard.load(BUNDLED_MODEL, verify_weights=False).version
+
 pytestmark = pytest.mark.slow
 STUDIES = 48
 
@@ -178,7 +180,7 @@ def test_a_model_trained_elsewhere_is_judged_before_it_can_be_promoted(site, tmp
     copy = tmp_path / "site-model"
     shutil.copytree(BUNDLED_MODEL, copy)
     card = json.loads((copy / "card.json").read_text())
-    card["version"] = "0.1.0-copy"
+    card["version"] = f"{BUNDLED_VERSION}-copy"
     (copy / "card.json").write_text(json.dumps(card))
 
     outcome = judge_external(settings, db, store, copy, device="cpu")
@@ -186,7 +188,8 @@ def test_a_model_trained_elsewhere_is_judged_before_it_can_be_promoted(site, tmp
     assert outcome.gate.passed, outcome.gate.text()  # the same weights: equal on every figure
     with db.session() as session:
         registered = session.get(ModelVersion, outcome.candidate_id)
-        assert (registered.version, registered.state) == ("0.1.0-copy", ModelState.CANDIDATE)
+        assert (registered.version, registered.state) == (f"{BUNDLED_VERSION}-copy",
+                                                          ModelState.CANDIDATE)
         assert registered.parent_id == active_version(session).id
     with pytest.raises(RegistryError, match="already registered"):
         judge_external(settings, db, store, copy, device="cpu")
@@ -208,13 +211,15 @@ def test_admin_commands_list_promote_and_roll_back(site, tmp_path):
 
     denied = cli("promote", str(refused))
     assert denied.returncode == 1 and "did not pass the promotion gate" in denied.stderr
-    promoted = cli("promote", str(by_version["0.1.0-copy"]))
+    promoted = cli("promote", str(by_version[f"{BUNDLED_VERSION}-copy"]))
     assert promoted.returncode == 0, promoted.stderr
     listing = cli("list")
     rows = {line.split()[2]: line.split()[3] for line in listing.stdout.splitlines()[1:]}
-    assert rows["0.1.0-copy"] == "active" and rows["0.1.0"] == "retired"
+    assert rows[f"{BUNDLED_VERSION}-copy"] == "active"
+    assert rows[BUNDLED_VERSION] == "retired"
     assert "gate refused" in listing.stdout and "gate passed" in listing.stdout
     rolled_back = cli("rollback")
-    assert rolled_back.returncode == 0 and "0.1.0 is the active model again" in rolled_back.stdout
+    assert rolled_back.returncode == 0
+    assert f"{BUNDLED_VERSION} is the active model again" in rolled_back.stdout
     with db.session() as session:
         assert active_version(session).id == bundled_id

@@ -20,13 +20,14 @@ from model.card import ModelCard
 from model.detector import Detector
 from model.preprocess import PreprocessConfig
 from training import metrics
-from training.dataset import DetectionDataset, fingerprint, read_labels_csv, split_by_patient
+from training.dataset import DetectionDataset, fingerprint
 from training.train import (
     choose_thresholds,
     code_version,
     ground_truth,
-    operating_point,
     predict_dataset,
+    validation_figures,
+    validation_split,
 )
 
 
@@ -46,20 +47,13 @@ def calibrate(model_dir: Path, data: Path, out: Path, version: str,
     if version == card.version:
         raise ValueError(f'version "{version}" is the version of {model_dir}; new thresholds '
                          "make a new version")
-    images = read_labels_csv(data / "labels.csv", vocabulary=card.labels)
-    if validation_data:
-        validation_images = read_labels_csv(Path(validation_data) / "labels.csv",
-                                            vocabulary=card.labels)
-        trained_on = images + validation_images
-        split = str(validation_data)
-    else:
-        _, validation_images = split_by_patient(images, validation_fraction, seed)
-        trained_on = images
-        split = f"{validation_fraction:.0%} of patients, stratified by finding, seed {seed}"
-    if fingerprint(trained_on) != card.training_data_fingerprint:
+    train_images, validation_images, split = validation_split(
+        data, validation_data, validation_fraction, seed, card.labels)
+    trained_on = fingerprint(train_images + validation_images)
+    if trained_on != card.training_data_fingerprint:
         raise ValueError(
             f"{data} is not the data {card.name} {card.version} was trained on (fingerprint "
-            f"{fingerprint(trained_on)[:12]}, card {card.training_data_fingerprint[:12]}): "
+            f"{trained_on[:12]}, card {card.training_data_fingerprint[:12]}): "
             "its validation split could hold images the model was trained on")
 
     detector = Detector.load(model_dir, device)
@@ -78,12 +72,9 @@ def calibrate(model_dir: Path, data: Path, out: Path, version: str,
     calibrated = replace(
         card, version=version, parent_version=card.version, thresholds=thresholds,
         code_version=code_version(), created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        metrics={"validation": {
-            "dataset": {"source": str(data), "images": len(validation_images), "split": split,
-                        "operating_point": operating_point(target_sensitivity,
-                                                           target_specificity),
-                        "calibrated_from": card.version},
-            "values": metrics.headline(report, card.labels)}})
+        metrics={"validation": validation_figures(
+            data, len(validation_images), split, target_sensitivity, target_specificity,
+            report, card.labels)})
     calibrated.save(out)
     (out / "validation_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return calibrated

@@ -123,11 +123,35 @@ def ground_truth(images: list[LabelledImage]) -> list[list[metrics.GroundTruthBo
             for image in images]
 
 
-def operating_point(target_sensitivity: float, target_specificity: float) -> str:
-    """How thresholds were chosen, as the card records it beside the validation figures."""
-    return (f"per finding, the threshold with the widest margin over sensitivity "
+def validation_split(data: Path, validation_data: Path | None, fraction: float, seed: int,
+                     labels: tuple[str, ...]) -> tuple[list[LabelledImage],
+                                                       list[LabelledImage], str]:
+    """(training images, validation images, how they were split).
+
+    ``validation_data``, a folder with its own labels.csv, is a site's fixed split;
+    otherwise ``fraction`` of the patients in ``data``. ``cxr-node calibrate`` rebuilds a
+    model's validation split through this too, so it is the one training held out.
+    """
+    images = read_labels_csv(Path(data) / "labels.csv", vocabulary=labels)
+    if validation_data:
+        return images, read_labels_csv(Path(validation_data) / "labels.csv",
+                                       vocabulary=labels), str(validation_data)
+    train_images, validation_images = split_by_patient(images, fraction, seed)
+    return (train_images, validation_images,
+            f"{fraction:.0%} of patients, stratified by finding, seed {seed}")
+
+
+def validation_figures(source: Path, images: int, split: str, target_sensitivity: float,
+                       target_specificity: float, report: dict,
+                       labels: tuple[str, ...]) -> dict:
+    """The card's ``metrics["validation"]``: the figures at the chosen thresholds, the data
+    and how the thresholds were chosen."""
+    rule = (f"per finding, the threshold with the widest margin over sensitivity "
             f"{target_sensitivity:.2f} and specificity {target_specificity:.2f} on validation "
             f"(sensitivity {target_sensitivity:.2f} first where both cannot hold)")
+    return {"dataset": {"source": str(source), "images": images, "split": split,
+                        "operating_point": rule},
+            "values": metrics.headline(report, labels)}
 
 
 def choose_thresholds(truth: list[list[metrics.GroundTruthBox]],
@@ -176,15 +200,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     device = _device(config.device)
     labels = tuple(f.label for f in config.findings)
 
-    images = read_labels_csv(Path(config.data) / "labels.csv", vocabulary=labels)
-    if config.validation_data:
-        train_images = images
-        validation_images = read_labels_csv(Path(config.validation_data) / "labels.csv",
-                                            vocabulary=labels)
-        images = train_images + validation_images
-    else:
-        train_images, validation_images = split_by_patient(images, config.validation_fraction,
-                                                           config.seed)
+    train_images, validation_images, split = validation_split(
+        config.data, config.validation_data, config.validation_fraction, config.seed, labels)
+    images = train_images + validation_images
     if config.max_train_images:
         train_images = train_images[: config.max_train_images]
     preprocessing = PreprocessConfig(image_size=config.image_size)
@@ -280,7 +298,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
     plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
     model_dir = _write_model(config, out, bench, detector, validation_set, validation_images,
-                             labels, preprocessing, fingerprint(images))
+                             split, labels, preprocessing, fingerprint(images))
     experiment.files([out / "config.json", out / "training_curves.png",
                       out / "validation_metrics.json", model_dir / "card.json"])
     experiment.end()
@@ -303,7 +321,7 @@ def _card(config: TrainConfig, preprocessing: PreprocessConfig, thresholds: dict
 
 def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
                  detector: Detector, validation_set: DetectionDataset,
-                 validation_images: list[LabelledImage], labels: tuple[str, ...],
+                 validation_images: list[LabelledImage], split: str, labels: tuple[str, ...],
                  preprocessing: PreprocessConfig, data_fingerprint: str) -> Path:
     """The best epoch as a model folder, with thresholds chosen for the target sensitivity."""
     state = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
@@ -319,14 +337,9 @@ def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
     model_dir.mkdir(exist_ok=True)
     torch.save(state, model_dir / "weights.pt")
     card = _card(config, preprocessing, thresholds, file_sha256(model_dir / "weights.pt"),
-                 data_fingerprint, {"validation": {
-                     "dataset": {"source": str(config.data), "images": len(validation_images),
-                                 "split": str(config.validation_data) if config.validation_data
-                                 else f"{config.validation_fraction:.0%} of patients, "
-                                      f"stratified by finding, seed {config.seed}",
-                                 "operating_point": operating_point(config.target_sensitivity,
-                                                                    config.target_specificity)},
-                     "values": metrics.headline(report, labels)}})
+                 data_fingerprint, {"validation": validation_figures(
+                     config.data, len(validation_images), split, config.target_sensitivity,
+                     config.target_specificity, report, labels)})
     card.save(model_dir)
     (out / "validation_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return model_dir

@@ -2,7 +2,8 @@
 
 Per finding: study-level sensitivity and specificity with 95% Wilson intervals at the
 card's thresholds, AUC, FROC (lesion-level sensitivity at 0.5/1/2/4 false positives per
-image) and AP at IoU 0.4 and 0.5; the same for "any finding" against normal images.
+image), AP at IoU 0.4 and 0.5, and sensitivity by the finding's size in mm; the same for
+"any finding" against normal images.
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ def predict_set(detector: Detector, paths: list[Path]) -> list[list[metrics.Pred
     return predictions
 
 
+def pixel_spacing_mm(path: Path) -> tuple[float, float] | None:
+    """Row and column spacing in mm: ImagerPixelSpacing (DX and CR carry it at the
+    detector), else PixelSpacing; None when neither is usable (absent, or zero as some CR
+    plates write)."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        spacing = header.get(keyword)
+        if spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
+            return float(spacing[0]), float(spacing[1])
+    return None
+
+
 def evaluate_model(model_dir: Path, data_dir: Path, out_dir: Path,
                    device: str | None = None, record_as: str | None = None) -> dict:
     """Evaluate ``model_dir`` on ``data_dir/labels.csv``; write the report to ``out_dir``.
@@ -47,7 +60,8 @@ def evaluate_model(model_dir: Path, data_dir: Path, out_dir: Path,
     images = read_labels_csv(Path(data_dir) / "labels.csv", vocabulary=card.labels)
     truth = ground_truth(images)
     predictions = predict_set(detector, [image.path for image in images])
-    report = metrics.evaluate(truth, predictions, list(card.labels), card.thresholds)
+    spacing = [pixel_spacing_mm(image.path) for image in images]
+    report = metrics.evaluate(truth, predictions, list(card.labels), card.thresholds, spacing)
     report["model"] = {"name": card.name, "version": card.version}
     report["data"] = {"labels": str(Path(data_dir) / "labels.csv"), "images": len(images)}
     out = Path(out_dir)
@@ -93,7 +107,26 @@ def summary_markdown(report: dict, labels: tuple[str, ...]) -> str:
     lines.append(f"| **any finding** | per finding | {_fmt(anyf['sensitivity'])} "
                  f"{_ci(anyf['sensitivity_ci'])} | {_fmt(anyf['specificity'])} "
                  f"{_ci(anyf['specificity_ci'])} | {_fmt(anyf['auc'])} | | | |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _size_table(report, labels)) + "\n"
+
+
+def _size_table(report: dict, labels: tuple[str, ...]) -> list[str]:
+    """Sensitivity by the size of the finding, as found/positives (sensitivity)."""
+    rows = [(label, report["per_finding"][label].get("sensitivity_by_size"))
+            for label in labels]
+    rows = [(label, bands) for label, bands in rows
+            if bands and any(b["positives"] for b in bands.values())]
+    if not rows:
+        return []
+    names = list(rows[0][1])
+    lines = ["", "Sensitivity by size (longer side of the image's largest box of the "
+             "finding, mm), at the same thresholds:", "",
+             "| finding | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, bands in rows:
+        cells = [f"{b['found']}/{b['positives']} ({_fmt(b['sensitivity'], 2)})"
+                 if b["positives"] else "-" for b in bands.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot_roc(truth, predictions, labels, path: Path) -> None:  # noqa: ANN001

@@ -22,6 +22,10 @@ FROC_FPPI_POINTS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 # FROC counts a lesion as found at IoU 0.4, the VinDr-CXR criterion: reference boxes of
 # diffuse findings are drawn loosely, and 0.5 would call many clinically correct marks misses.
 FROC_IOU_THRESHOLD = 0.4
+# Size bands (mm, the longer side of an image's largest reference box of a finding) for
+# sensitivity by size: the smallest nodules are what a radiograph, and a detector at a few
+# hundred pixels, miss first, so a reader asks for the figure per band.
+SIZE_BAND_EDGES_MM: tuple[float, ...] = (10.0, 20.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,49 @@ def sensitivity_specificity(scores: Any, positives: Any, threshold: float) -> di
     return _confusion(scores >= threshold, flags)
 
 
+def largest_box_mm(ground_truth: GroundTruth, label: str,
+                   spacing_mm: Sequence[tuple[float, float] | None]) -> np.ndarray:
+    """Per image, the longer side in mm of its largest ``label`` box; NaN where it has none
+    or its pixel spacing (row, column, mm) is unknown."""
+    _check_images("ground_truth", ground_truth, GroundTruthBox, None)
+    if len(spacing_mm) != len(ground_truth):
+        raise ValueError(f"spacing_mm has {len(spacing_mm)} entries for "
+                         f"{len(ground_truth)} images")
+    sizes = np.full(len(ground_truth), math.nan)
+    for i, (boxes, spacing) in enumerate(zip(ground_truth, spacing_mm, strict=True)):
+        sides = [max((b.x2 - b.x1) * spacing[1], (b.y2 - b.y1) * spacing[0])
+                 for b in boxes if b.label == label and spacing is not None]
+        if sides:
+            sizes[i] = max(sides)
+    return sizes
+
+
+def sensitivity_by_size(scores: Any, sizes_mm: Any, threshold: float,
+                        edges_mm: Sequence[float] = SIZE_BAND_EDGES_MM) -> dict[str, Any]:
+    """Image-level sensitivity of the positive images, by the size of their finding.
+
+    ``sizes_mm`` is NaN for images left out (negatives, unknown spacing). Keys are the
+    bands ("<10 mm", "10-20 mm", ..., ">=30 mm"); each holds ``positives``, ``found``
+    (score >= ``threshold``), ``sensitivity`` (NaN when the band is empty) and its Wilson
+    ``sensitivity_ci``.
+    """
+    scores, sizes = np.asarray(scores, dtype=float), np.asarray(sizes_mm, dtype=float)
+    if scores.shape != sizes.shape or scores.ndim != 1:
+        raise ValueError(f"scores {scores.shape} and sizes_mm {sizes.shape} must be the "
+                         "same length")
+    edges = [0.0, *edges_mm, math.inf]
+    bands: dict[str, Any] = {}
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        name = (f"<{high:g} mm" if low == 0 else
+                f">={low:g} mm" if high == math.inf else f"{low:g}-{high:g} mm")
+        inside = (sizes >= low) & (sizes < high)  # NaN is in no band
+        found, total = int(np.sum(scores[inside] >= threshold)), int(np.sum(inside))
+        bands[name] = {"positives": total, "found": found,
+                       "sensitivity": found / total if total else math.nan,
+                       "sensitivity_ci": wilson_interval(found, total)}
+    return bands
+
+
 def roc_curve(scores: Any, positives: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC curve: one (fpr, tpr) point per distinct score, highest first.
 
@@ -409,7 +456,8 @@ def headline(report: Mapping[str, Any], labels: Sequence[str]) -> dict[str, Any]
 
 
 def evaluate(ground_truth: GroundTruth, predictions: Predictions, labels: Sequence[str],
-             thresholds: Mapping[str, float]) -> dict[str, Any]:
+             thresholds: Mapping[str, float],
+             spacing_mm: Sequence[tuple[float, float] | None] | None = None) -> dict[str, Any]:
     """The evaluation report as a JSON-serialisable dict (NaN written as None).
 
     Keys: ``images``, ``map50``, ``map40``, ``froc_iou_threshold``, ``froc`` (all labels
@@ -417,6 +465,8 @@ def evaluate(ground_truth: GroundTruth, predictions: Predictions, labels: Sequen
     ``thresholds[label]``, ``auc``, ``ap50``, ``ap40``, ``froc``, ``threshold``) and
     ``any_finding``, where an image is called positive if any label's score reaches that
     label's threshold and its AUC score is the image's highest score of any label.
+    With ``spacing_mm`` (per image, row and column pixel spacing in mm, or None), each
+    finding also has ``sensitivity_by_size`` (see :func:`sensitivity_by_size`).
     """
     _check_dataset(ground_truth, predictions, labels)
     if not isinstance(thresholds, Mapping) or set(thresholds) != set(labels):
@@ -432,6 +482,9 @@ def evaluate(ground_truth: GroundTruth, predictions: Predictions, labels: Sequen
             "auc": auc(scores, positives), "ap50": ap50[lab], "ap40": ap40[lab],
             "froc": froc(ground_truth, predictions, lab)["sensitivity_at"],
             "threshold": thresholds[lab]}
+        if spacing_mm is not None:
+            per_finding[lab]["sensitivity_by_size"] = sensitivity_by_size(
+                scores, largest_box_mm(ground_truth, lab, spacing_mm), thresholds[lab])
         calls_any |= scores >= thresholds[lab]
     any_positives = image_positives(ground_truth)
     any_finding = {**_confusion(calls_any, any_positives),

@@ -11,6 +11,8 @@ import pytest
 from model.phantom import dx_dataset
 from training.dataset import LABEL_COLUMNS
 
+SPACING_MM = 0.5  # the squares' sides, 30-79 px, are 15-39.5 mm
+
 
 def write_squares_set(out: Path, count: int, seed: int = 0, size: int = 300) -> Path:
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -26,6 +28,7 @@ def write_squares_set(out: Path, count: int, seed: int = 0, size: int = 300) -> 
             boxes.append(("Mass", x, y, x + side, y + side))
         ds = dx_dataset(pixels.clip(0, 4095).astype(np.uint16),
                         patient_id=f"P{seed:02d}{index:04d}")
+        ds.ImagerPixelSpacing = [SPACING_MM, SPACING_MM]
         name = f"images/{index:04d}.dcm"
         ds.save_as(out / name, enforce_file_format=True)
         base = [name, ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID, size, size]

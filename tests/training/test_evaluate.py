@@ -6,9 +6,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 from model.card import ModelCard
+from model.phantom import dx_dataset
 from tests.model.conftest import write_model
 from tests.peers import REPO
+from training.evaluate import pixel_spacing_mm
 
 
 def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
@@ -29,10 +33,31 @@ def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
     assert {"sensitivity", "specificity", "auc", "ap50", "sensitivity_ci", "froc"} <= set(mass)
     assert mass["tp"] + mass["fn"] == 32  # the squares set has 32 images with a Mass
     assert report["per_finding"]["Nodule"]["sensitivity"] is None  # no Nodule in the set
+    by_size = mass["sensitivity_by_size"]  # squares of 15-39.5 mm (30-79 px at 0.5 mm)
+    assert list(by_size) == ["<10 mm", "10-20 mm", "20-30 mm", ">=30 mm"]
+    assert by_size["<10 mm"]["positives"] == 0
+    assert sum(band["positives"] for band in by_size.values()) == 32
+    assert sum(band["found"] for band in by_size.values()) == mass["tp"]
     summary = (out / "summary.md").read_text()
     assert "| Mass |" in summary and "any finding" in summary
+    assert "Sensitivity by size" in summary
     recorded = ModelCard.load(tmp_path / "model").metrics["squares"]
     assert recorded["dataset"]["images"] == 48
     assert recorded["values"]["map50"] == report["map50"]
     for plot in ("roc.png", "froc.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pixel_spacing_prefers_the_detector_spacing_and_ignores_zero(tmp_path):
+    ds = dx_dataset(np.zeros((8, 8), np.uint16), patient_id="P1")
+    path = tmp_path / "image.dcm"
+    del ds.ImagerPixelSpacing
+    ds.PixelSpacing = [0.2, 0.3]
+    ds.save_as(path, enforce_file_format=True)
+    assert pixel_spacing_mm(path) == (0.2, 0.3)
+    ds.ImagerPixelSpacing = [0.14, 0.15]
+    ds.save_as(path, enforce_file_format=True)
+    assert pixel_spacing_mm(path) == (0.14, 0.15)
+    ds.ImagerPixelSpacing, ds.PixelSpacing = [0, 0], [0, 0]  # as some CR plates write
+    ds.save_as(path, enforce_file_format=True)
+    assert pixel_spacing_mm(path) is None

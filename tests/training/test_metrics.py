@@ -16,8 +16,10 @@ from training.metrics import (
     evaluate,
     froc,
     iou,
+    largest_box_mm,
     mean_average_precision,
     roc_curve,
+    sensitivity_by_size,
     sensitivity_specificity,
     threshold_for_operating_point,
     threshold_for_sensitivity,
@@ -313,6 +315,31 @@ def test_evaluate_report_is_json_and_has_the_agreed_keys():
     assert (anything["tp"], anything["fn"], anything["tn"], anything["fp"]) == (3, 1, 2, 1)
     assert set(anything) >= {"sensitivity", "specificity", "sensitivity_ci", "specificity_ci"}
     assert anything["auc"] == pytest.approx(0.75)
+
+
+def test_sensitivity_by_size_bands_the_positives_by_their_largest_box_in_mm():
+    # Longer side in mm = max(width x column spacing, height x row spacing), largest box:
+    # 8 px at 1 mm -> 8 (<10); 15 -> 15 (10-20); 10 wide x 25 high at (row 0.5, column 2.0)
+    # mm -> max(20, 12.5) = 20 (20-30: bands include their lower edge); boxes of 5 and 40 px
+    # -> 40 (>=30); unknown spacing and the normal image are left out.
+    truth = [[gt(0, 0, 8, 8)], [gt(0, 0, 15, 15)], [gt(0, 0, 10, 25)],
+             [gt(0, 0, 5, 5), gt(50, 50, 90, 90)], [gt(0, 0, 50, 50)], []]
+    spacing = [(1.0, 1.0), (1.0, 1.0), (0.5, 2.0), (1.0, 1.0), None, (1.0, 1.0)]
+    sizes = largest_box_mm(truth, "Nodule", spacing)
+    assert sizes[:4].tolist() == [8.0, 15.0, 20.0, 40.0] and np.isnan(sizes[4:]).all()
+
+    bands = sensitivity_by_size([0.2, 0.7, 0.6, 0.4, 0.9, 0.8], sizes, 0.5)
+
+    assert {name: (b["found"], b["positives"]) for name, b in bands.items()} == {
+        "<10 mm": (0, 1), "10-20 mm": (1, 1), "20-30 mm": (1, 1), ">=30 mm": (0, 1)}
+    assert bands["10-20 mm"]["sensitivity"] == 1.0
+    assert bands["10-20 mm"]["sensitivity_ci"] == wilson_interval(1, 1)
+    empty = sensitivity_by_size([0.9], [math.nan], 0.5)["<10 mm"]
+    assert empty["positives"] == 0 and math.isnan(empty["sensitivity"])
+    report = evaluate(truth, [[] for _ in truth], ["Nodule"], {"Nodule": 0.5}, spacing)
+    assert report["per_finding"]["Nodule"]["sensitivity_by_size"][">=30 mm"] == {
+        "positives": 1, "found": 0, "sensitivity": 0.0,
+        "sensitivity_ci": list(wilson_interval(0, 1))}
 
 
 # --- validation ----------------------------------------------------------------------------

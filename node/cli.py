@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--min-size", type=int, default=1500, help="smallest rows/columns")
     synth.add_argument("--max-size", type=int, default=3000, help="largest rows/columns")
     synth.add_argument("--normal-fraction", type=float, default=0.3)
+    synth.add_argument("--workers", type=int, default=1,
+                       help="processes drawing cases (same files as one)")
     synth.add_argument("--onto", type=Path, metavar="FILE", help="insert findings into this "
                        "real radiograph instead of drawing whole synthetic ones (sizes unused)")
 
@@ -249,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                                         normal_fraction=args.normal_fraction)
         else:
             labels = write_synthetic_set(args.out, args.count, args.seed,
+                                         workers=args.workers,
                                          size_range=(args.min_size, args.max_size),
                                          normal_fraction=args.normal_fraction)
         made = f"radiographs with findings inserted into {args.onto}" if args.onto else \

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import math
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -211,20 +213,27 @@ def synthesize_case(
 # --------------------------------------------------------------------------- data sets
 
 
-def write_synthetic_set(out_dir: Path, count: int, seed: int, **options) -> Path:
+def write_synthetic_set(out_dir: Path, count: int, seed: int, workers: int = 1,
+                        **options) -> Path:
     """Write ``count`` cases as ``out_dir/images/<PatientID>.dcm`` plus ``out_dir/labels.csv``.
 
     labels.csv has one row per box and one row with empty label and coordinates for a
     normal image; ``file`` is relative to ``out_dir``. ``options`` go to
     :func:`synthesize_case` (``size_range``, ``normal_fraction``). Returns labels.csv's path.
+    Each case depends only on (seed, index), so ``workers`` processes drawing the cases
+    write the same files as one: the GPU machine's 16 cores make 2000 in a minute or two.
     """
     unknown = set(options) - {"size_range", "normal_fraction"}
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}: expected size_range, "
                         f"normal_fraction")
     count = _check_int("count", count, 1, 1_000_000)
-    return _write_cases(out_dir, (synthesize_case(seed, index, **options)
-                                  for index in range(count)))
+    workers = _check_int("workers", workers, 1, 256)
+    draw = partial(synthesize_case, seed, **options)
+    if workers == 1:
+        return _write_cases(out_dir, map(draw, range(count)))
+    with ProcessPoolExecutor(workers) as pool:  # map keeps the index order
+        return _write_cases(out_dir, pool.map(draw, range(count), chunksize=4))
 
 
 def _write_cases(out_dir: Path, cases) -> Path:

@@ -302,6 +302,19 @@ def test_invalid_arguments_are_refused_by_name(kwargs, error, message):
         synthesize_case(arguments.pop("seed"), arguments.pop("index"), **arguments)
 
 
+def test_several_workers_write_the_same_set_as_one(tmp_path):
+    one = write_synthetic_set(tmp_path / "one", 6, 5, size_range=SMALL)
+    two = write_synthetic_set(tmp_path / "two", 6, 5, workers=2, size_range=SMALL)
+
+    assert one.read_bytes() == two.read_bytes()
+    files = sorted(p.name for p in (tmp_path / "one" / "images").iterdir())
+    assert len(files) == 6 and files == sorted(p.name for p in (tmp_path / "two" / "images")
+                                               .iterdir())
+    for name in files:
+        assert ((tmp_path / "one" / "images" / name).read_bytes()
+                == (tmp_path / "two" / "images" / name).read_bytes())
+
+
 def test_write_synthetic_set_refuses_unknown_options(tmp_path):
     with pytest.raises(TypeError, match="size"):
         write_synthetic_set(tmp_path, 1, 0, size=512)

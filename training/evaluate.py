@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pydicom  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 
 from model.detector import Detector  # noqa: E402
 from training import metrics  # noqa: E402
@@ -26,21 +27,24 @@ from training.train import ground_truth, predicted_boxes  # noqa: E402
 BATCH = 16
 
 
-def predict_set(detector: Detector, paths: list[Path]) -> list[list[metrics.PredictedBox]]:
-    """Every detection (no threshold) through the same path the node uses."""
+def predict_set(detector: Detector, paths: list[Path]) -> tuple[
+        list[list[metrics.PredictedBox]], list[tuple[float, float] | None]]:
+    """Every detection (no threshold) through the same path the node uses, and each
+    image's pixel spacing, from the datasets read for the detector."""
     predictions: list[list[metrics.PredictedBox]] = []
+    spacing: list[tuple[float, float] | None] = []
     for start in range(0, len(paths), BATCH):
         datasets = [pydicom.dcmread(p) for p in paths[start:start + BATCH]]
         predictions += [predicted_boxes(d)
                         for d in detector.predict(datasets, apply_thresholds=False)]
-    return predictions
+        spacing += [pixel_spacing_mm(ds) for ds in datasets]
+    return predictions, spacing
 
 
-def pixel_spacing_mm(path: Path) -> tuple[float, float] | None:
+def pixel_spacing_mm(header: Dataset) -> tuple[float, float] | None:
     """Row and column spacing in mm: ImagerPixelSpacing (DX and CR carry it at the
     detector), else PixelSpacing; None when neither is usable (absent, or zero as some CR
     plates write)."""
-    header = pydicom.dcmread(path, stop_before_pixels=True)
     for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
         spacing = header.get(keyword)
         if spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
@@ -59,8 +63,7 @@ def evaluate_model(model_dir: Path, data_dir: Path, out_dir: Path,
     card = detector.card
     images = read_labels_csv(Path(data_dir) / "labels.csv", vocabulary=card.labels)
     truth = ground_truth(images)
-    predictions = predict_set(detector, [image.path for image in images])
-    spacing = [pixel_spacing_mm(image.path) for image in images]
+    predictions, spacing = predict_set(detector, [image.path for image in images])
     report = metrics.evaluate(truth, predictions, list(card.labels), card.thresholds, spacing)
     report["model"] = {"name": card.name, "version": card.version}
     report["data"] = {"labels": str(Path(data_dir) / "labels.csv"), "images": len(images)}

@@ -274,8 +274,10 @@ def largest_box_mm(ground_truth: GroundTruth, label: str,
                          f"{len(ground_truth)} images")
     sizes = np.full(len(ground_truth), math.nan)
     for i, (boxes, spacing) in enumerate(zip(ground_truth, spacing_mm, strict=True)):
+        if spacing is None:
+            continue
         sides = [max((b.x2 - b.x1) * spacing[1], (b.y2 - b.y1) * spacing[0])
-                 for b in boxes if b.label == label and spacing is not None]
+                 for b in boxes if b.label == label]
         if sides:
             sizes[i] = max(sides)
     return sizes

@@ -202,6 +202,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     def pixels(self, index: int) -> np.ndarray:
         return self._pixels[index].astype(np.float32)
 
+    def model_boxes(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every image's boxes (XYXY, model-input pixels) and 1-based classes, unaugmented."""
+        return [b.copy() for b in self._boxes], [c.copy() for c in self._classes]
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pixels, boxes = self.pixels(index), self._boxes[index].copy()
         if self.augment:

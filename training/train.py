@@ -2,8 +2,10 @@
 cosine decay, AMP on a GPU, checkpoints and resume, and mAP on a patient split each epoch.
 
 Every run writes a run folder: ``config.json`` (the resolved configuration),
-``metrics.jsonl`` (one line per epoch), ``training_curves.png``, ``checkpoint.pt`` (the
-last epoch, for resume), and ``model/`` (the best epoch's weights and card, thresholds
+``anchor_coverage.json`` (per finding, the share of training boxes that some anchor
+matches at IoU >= 0.5; see :mod:`training.anchor_fit`), ``metrics.jsonl`` (one line per
+epoch), ``training_curves.png``, ``checkpoint.pt`` (the last epoch, for resume), and
+``model/`` (the best epoch's weights and card, thresholds
 chosen on validation).
 """
 
@@ -26,6 +28,7 @@ from model.detector import Detection, Detector, create_network
 from model.preprocess import PreprocessConfig
 from model.vocabulary import DEFAULT_FINDINGS, Finding
 from training import metrics
+from training.anchor_fit import MATCH_IOU, anchor_boxes, anchor_coverage
 from training.dataset import (
     DetectionDataset,
     LabelledImage,
@@ -220,6 +223,13 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         state = torch.load(Path(config.init_from) / parent.weights_file, map_location="cpu",
                            weights_only=True)
         bench.model.load_state_dict(state)
+    coverage = anchor_coverage(*train_set.model_boxes(), labels,
+                               anchor_boxes(bench.model.config))
+    (out / "anchor_coverage.json").write_text(json.dumps(coverage, indent=2) + "\n")
+    for label, fit in coverage.items():
+        if fit["boxes"]:
+            LOGGER.info("%s: %d of %d training boxes have an anchor at IoU >= %.1f", label,
+                        round(fit["covered"] * fit["boxes"]), fit["boxes"], MATCH_IOU)
     bench.to(device)
     # The node's own inference path, sharing the network being trained, scores validation.
     detector = Detector(draft, bench.model, device)

@@ -26,6 +26,10 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_model(squares, tmp_path
     assert (tmp_path / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["image_size"] == 256 and saved["epochs"] == 3
+    # Squares of 26-67 px on the 256 px input; the smallest anchors are 32 px (scale 4).
+    coverage = json.loads((tmp_path / "run" / "anchor_coverage.json").read_text())
+    assert coverage["Mass"]["boxes"] > 0 and coverage["Mass"]["covered"] > 0.5
+    assert coverage["Nodule"] == {"boxes": 0, "covered": None, "anchors_per_box": None}
 
     card = ModelCard.load(model_dir)
     assert card.version == "0.0.1-test" and "Not for clinical use" in card.intended_use

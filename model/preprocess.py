@@ -275,3 +275,14 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (batch[:, None].expand(-1, 3, -1, -1) - mean) / std
+
+
+def pixel_spacing_mm(header: Dataset) -> tuple[float, float] | None:
+    """Row and column spacing in mm: ImagerPixelSpacing (DX and CR carry it at the
+    detector), else PixelSpacing; None when neither is usable (absent, or zero as some CR
+    plates write)."""
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        spacing = header.get(keyword)
+        if spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
+            return float(spacing[0]), float(spacing[1])
+    return None

@@ -17,9 +17,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pydicom  # noqa: E402
-from pydicom.dataset import Dataset  # noqa: E402
 
 from model.detector import Detector  # noqa: E402
+from model.preprocess import pixel_spacing_mm  # noqa: E402
 from training import metrics  # noqa: E402
 from training.dataset import fingerprint, read_labels_csv  # noqa: E402
 from training.train import ground_truth, predicted_boxes  # noqa: E402
@@ -39,17 +39,6 @@ def predict_set(detector: Detector, paths: list[Path]) -> tuple[
                         for d in detector.predict(datasets, apply_thresholds=False)]
         spacing += [pixel_spacing_mm(ds) for ds in datasets]
     return predictions, spacing
-
-
-def pixel_spacing_mm(header: Dataset) -> tuple[float, float] | None:
-    """Row and column spacing in mm: ImagerPixelSpacing (DX and CR carry it at the
-    detector), else PixelSpacing; None when neither is usable (absent, or zero as some CR
-    plates write)."""
-    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        spacing = header.get(keyword)
-        if spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
-            return float(spacing[0]), float(spacing[1])
-    return None
 
 
 def evaluate_model(model_dir: Path, data_dir: Path, out_dir: Path,

@@ -24,6 +24,7 @@ from model.phantom.dicom import dx_dataset
 from model.phantom.findings import _PLACEMENT_ORDER, _place_findings, _Placer
 from model.phantom.raster import _bounds, _Frame, _resize, _smooth
 from model.phantom.synthesis import _LUNG_AIR, Box, _check_int, _uid, _write_cases
+from model.preprocess import pixel_spacing_mm
 
 # Findings that need only a lung mask; effusion, pneumothorax and cardiomegaly need the
 # phantom's lung and heart outlines, which a real image does not give.
@@ -80,10 +81,9 @@ def _attenuation(source: Dataset) -> np.ndarray:
 def _spacing_mm(source: Dataset) -> tuple[float, bool]:
     """(pixel spacing, whether the source gave it): a 43 cm field when it gives none or
     zero (RG1_UNCR.dcm, a Philips drum CR, has Pixel Spacing 0\\0)."""
-    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = source.get(keyword)
-        if value and float(value[0]) > 0:
-            return float(value[0]), True
+    spacing = pixel_spacing_mm(source)
+    if spacing:
+        return spacing[0], True
     return _ASSUMED_FIELD_MM / max(source.Rows, source.Columns), False
 
 

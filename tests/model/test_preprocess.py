@@ -20,6 +20,7 @@ from model.preprocess import (
     Letterbox,
     PreprocessConfig,
     UnsupportedImage,
+    pixel_spacing_mm,
     pixels_for_display,
     preprocess,
     to_tensor,
@@ -380,3 +381,14 @@ def test_to_tensor_repeats_grey_into_imagenet_normalised_channels():
 def test_to_tensor_refuses_images_that_cannot_form_a_batch(images):
     with pytest.raises(ValueError, match="images"):
         to_tensor(images)
+
+
+def test_pixel_spacing_prefers_the_detector_spacing_and_ignores_zero():
+    ds = dx_dataset(np.zeros((8, 8), np.uint16), patient_id="P1")
+    del ds.ImagerPixelSpacing
+    ds.PixelSpacing = [0.2, 0.3]
+    assert pixel_spacing_mm(ds) == (0.2, 0.3)
+    ds.ImagerPixelSpacing = [0.14, 0.15]
+    assert pixel_spacing_mm(ds) == (0.14, 0.15)
+    ds.ImagerPixelSpacing, ds.PixelSpacing = [0, 0], [0, 0]  # as some CR plates write
+    assert pixel_spacing_mm(ds) is None

@@ -6,13 +6,9 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-
 from model.card import ModelCard
-from model.phantom import dx_dataset
 from tests.model.conftest import write_model
 from tests.peers import REPO
-from training.evaluate import pixel_spacing_mm
 
 
 def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
@@ -46,14 +42,3 @@ def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
     assert recorded["values"]["map50"] == report["map50"]
     for plot in ("roc.png", "froc.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_pixel_spacing_prefers_the_detector_spacing_and_ignores_zero():
-    ds = dx_dataset(np.zeros((8, 8), np.uint16), patient_id="P1")
-    del ds.ImagerPixelSpacing
-    ds.PixelSpacing = [0.2, 0.3]
-    assert pixel_spacing_mm(ds) == (0.2, 0.3)
-    ds.ImagerPixelSpacing = [0.14, 0.15]
-    assert pixel_spacing_mm(ds) == (0.14, 0.15)
-    ds.ImagerPixelSpacing, ds.PixelSpacing = [0, 0], [0, 0]  # as some CR plates write
-    assert pixel_spacing_mm(ds) is None

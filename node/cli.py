@@ -178,14 +178,24 @@ def echo(host: str, port: int, calling: str, called: str) -> int:
     return 0 if status.Status == 0 else 1
 
 
+def _refuse(command: str, message: str) -> int:
+    """One line per problem on stderr, as argparse does for a bad argument; exit status 2."""
+    for line in message.splitlines():
+        print(f"{command}: error: {line}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"cxr-node: {exc}", file=sys.stderr)
-        return 2
-    _configure_logging(settings)
+        _configure_logging(settings)
+        return _run(args, settings)
+    except ConfigError as exc:  # the operator's to fix: the message names the key
+        return _refuse("cxr-node", str(exc))
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from node.server import serve
 

@@ -185,6 +185,19 @@ def _refuse(command: str, message: str) -> int:
     return 2
 
 
+def _argument_error(exc: ValueError, args: argparse.Namespace) -> str:
+    """A library's ``ValueError`` about a parameter, with the parameter named as an option.
+
+    ``seed 73020 is outside 0..9999`` from the phantom becomes ``--seed 73020 is outside
+    0..9999``, so the operator sees which argument to change.
+    """
+    message = str(exc)
+    first = message.split(" ", 1)[0]
+    if first in vars(args) and first not in ("command", "action", "config"):
+        return f"--{first.replace('_', '-')}{message[len(first):]}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -256,14 +269,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from model.phantom import write_synthetic_set
         from model.phantom.insertion import write_inserted_set
 
-        if args.onto:
-            labels = write_inserted_set(args.onto, args.out, args.count, args.seed,
-                                        normal_fraction=args.normal_fraction)
-        else:
-            labels = write_synthetic_set(args.out, args.count, args.seed,
-                                         workers=args.workers,
-                                         size_range=(args.min_size, args.max_size),
-                                         normal_fraction=args.normal_fraction)
+        try:
+            if args.onto:
+                labels = write_inserted_set(args.onto, args.out, args.count, args.seed,
+                                            normal_fraction=args.normal_fraction)
+            else:
+                labels = write_synthetic_set(args.out, args.count, args.seed,
+                                             workers=args.workers,
+                                             size_range=(args.min_size, args.max_size),
+                                             normal_fraction=args.normal_fraction)
+        except ValueError as exc:  # the phantom checks its parameters up front
+            return _refuse("cxr-node synth", _argument_error(exc, args))
         made = f"radiographs with findings inserted into {args.onto}" if args.onto else \
             "synthetic radiographs"
         print(f"wrote {args.count} {made}; labels in {labels}")

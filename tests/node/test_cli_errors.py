@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from node.cli import main
 from node.demo_pacs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +32,16 @@ def write_config(tmp_path: Path, storage: dict) -> Path:
     path = tmp_path / "cxr-node.yaml"
     path.write_text(yaml.safe_dump({"storage": storage}))
     return path
+
+
+def test_synth_seed_out_of_range_names_the_argument(tmp_path, capsys):
+    # In process: what `cxr-node` prints and returns, without a second interpreter importing
+    # the phantom's libraries again (an exception here would be the traceback).
+    code = main(["synth", "--out", str(tmp_path / "out"), "--count", "1", "--seed", "73020"])
+
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "cxr-node synth: error: --seed 73020 is outside 0..9999"]
 
 
 def test_unreachable_database_is_one_line_for_admin_commands(tmp_path):

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from config.settings import ConfigError, Settings, load_settings
@@ -61,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="reports for admins")
     report.add_argument("kind", choices=("audit",))
-    report.add_argument("--since", required=True, type=_utc_time,
-                        help="UTC date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
+    report.add_argument("--since", type=_utc_time,
+                        help="UTC date or time, e.g. 2026-11-01 or 2026-11-01T08:00 "
+                        "(default: 24 hours before --until)")
     report.add_argument("--until", type=_utc_time, help="default: now")
     report.add_argument("--out", required=True, type=Path)
 
@@ -244,9 +245,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from node.audit_report import write_audit_report
 
         until = args.until or datetime.now(UTC).replace(tzinfo=None)
+        since = args.since or until - timedelta(hours=24)
+        if since >= until:
+            return _refuse("cxr-node report", f"--since {since:%Y-%m-%d %H:%M} is not before "
+                           f"--until {until:%Y-%m-%d %H:%M}; give an earlier --since")
         with database(settings) as db:
-            write_audit_report(db, args.since, until, args.out, DEFAULT_LABELS)
-        print(f"audit report for {args.since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: "
+            write_audit_report(db, since, until, args.out, DEFAULT_LABELS)
+        print(f"audit report for {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: "
               f"{args.out / 'audit-report.html'} (and audit-report.json)")
         return 0
     if args.command == "worker":

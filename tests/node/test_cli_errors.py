@@ -1,16 +1,22 @@
-"""CLI commands: a bad argument or an unusable database is one line and exit 2, no traceback."""
+"""CLI commands: a bad argument or an unusable database is one line and exit 2, no traceback;
+`report audit` without --since covers the last 24 hours."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 
+from config.settings import load_settings
 from node.cli import main
 from node.demo_pacs import free_port
+from storage.db import Database
+from storage.models import AuditEvent
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,3 +59,24 @@ def test_unreachable_database_is_one_line_for_admin_commands(tmp_path):
     assert line.startswith("cxr-node: error: storage.database_url: ")
     assert "secret" not in line
 
+
+def test_report_audit_without_since_covers_the_last_24_hours(tmp_path):
+    config = write_config(tmp_path, {"data_dir": str(tmp_path / "data")})
+    db = Database.for_storage(load_settings(config, environ={}).storage)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with db.session() as session:
+        for calling, age in (("RECENT", timedelta(hours=1)), ("DAYOLD", timedelta(hours=25))):
+            session.add(AuditEvent(occurred_at=now - age, event_id="110113",
+                                   event_type="association-rejected", outcome=4,
+                                   calling_ae_title=calling, message="not a known peer"))
+    db.dispose()
+
+    result = cxr_node("--config", str(config), "report", "audit", "--out", str(tmp_path / "r"))
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r" / "audit-report.json").read_text())
+    since = datetime.fromisoformat(report["period"]["since"])
+    until = datetime.fromisoformat(report["period"]["until"])
+    assert until - since == timedelta(hours=24)
+    assert abs(until - now) < timedelta(minutes=5)
+    assert report["security"]["by_calling_ae_title"] == {"RECENT": 1}

@@ -375,14 +375,23 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(error: ValidationError) -> str:
+    """One line per offending key, ``<key>: <problem>``, so one mistake is one line."""
     lines = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key; check its spelling against config/example.yaml"
         lines.append(f"{key}: {message}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return "\n".join(lines)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what, on one line: ``line 3, column 7: expected ',' or ']'``."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def load_settings(path: Path | str | None = None,
@@ -402,7 +411,12 @@ def load_settings(path: Path | str | None = None,
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f'configuration file "{file}" does not exist')
-        loaded = yaml.safe_load(file.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: {_yaml_problem(exc)}; fix the YAML syntax") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f'configuration file "{file}" cannot be read ({exc})') from None
         if not isinstance(loaded, dict):
             raise ConfigError(f'configuration file "{file}" must hold a mapping of sections')
         data = loaded

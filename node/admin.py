@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from config.settings import Settings
+from node.preflight import connect_database
 from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
@@ -30,7 +31,7 @@ from storage.outbox import retry_dead
 @contextmanager
 def database(settings: Settings) -> Iterator[Database]:
     """The configured database for one admin command, disposed when it is done."""
-    db = Database.for_storage(settings.storage)
+    db = connect_database(settings)
     try:
         yield db
     finally:

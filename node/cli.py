@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from config.settings import ConfigError, Settings, load_settings
@@ -61,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="reports for admins")
     report.add_argument("kind", choices=("audit",))
-    report.add_argument("--since", required=True, type=_utc_time,
-                        help="UTC date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
+    report.add_argument("--since", type=_utc_time,
+                        help="UTC date or time, e.g. 2026-11-01 or 2026-11-01T08:00 "
+                        "(default: 24 hours before --until)")
     report.add_argument("--until", type=_utc_time, help="default: now")
     report.add_argument("--out", required=True, type=Path)
 
@@ -178,14 +179,37 @@ def echo(host: str, port: int, calling: str, called: str) -> int:
     return 0 if status.Status == 0 else 1
 
 
+def _refuse(command: str, message: str) -> int:
+    """One line per problem on stderr, as argparse does for a bad argument; exit status 2."""
+    for line in message.splitlines():
+        print(f"{command}: error: {line}", file=sys.stderr)
+    return 2
+
+
+def _argument_error(exc: ValueError, args: argparse.Namespace) -> str:
+    """A library's ``ValueError`` about a parameter, with the parameter named as an option.
+
+    ``seed 73020 is outside 0..9999`` from the phantom becomes ``--seed 73020 is outside
+    0..9999``, so the operator sees which argument to change.
+    """
+    message = str(exc)
+    first = message.split(" ", 1)[0]
+    if first in vars(args) and first not in ("command", "action", "config"):
+        return f"--{first.replace('_', '-')}{message[len(first):]}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"cxr-node: {exc}", file=sys.stderr)
-        return 2
-    _configure_logging(settings)
+        _configure_logging(settings)
+        return _run(args, settings)
+    except ConfigError as exc:  # the operator's to fix: the message names the key
+        return _refuse("cxr-node", str(exc))
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from node.server import serve
 
@@ -221,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         from node.audit_report import write_audit_report
 
         until = args.until or datetime.now(UTC).replace(tzinfo=None)
+        since = args.since or until - timedelta(hours=24)
+        if since >= until:
+            return _refuse("cxr-node report", f"--since {since:%Y-%m-%d %H:%M} is not before "
+                           f"--until {until:%Y-%m-%d %H:%M}; give an earlier --since")
         with database(settings) as db:
-            write_audit_report(db, args.since, until, args.out, DEFAULT_LABELS)
-        print(f"audit report for {args.since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: "
+            write_audit_report(db, since, until, args.out, DEFAULT_LABELS)
+        print(f"audit report for {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: "
               f"{args.out / 'audit-report.html'} (and audit-report.json)")
         return 0
     if args.command == "worker":
@@ -246,14 +274,17 @@ def main(argv: list[str] | None = None) -> int:
         from model.phantom import write_synthetic_set
         from model.phantom.insertion import write_inserted_set
 
-        if args.onto:
-            labels = write_inserted_set(args.onto, args.out, args.count, args.seed,
-                                        normal_fraction=args.normal_fraction)
-        else:
-            labels = write_synthetic_set(args.out, args.count, args.seed,
-                                         workers=args.workers,
-                                         size_range=(args.min_size, args.max_size),
-                                         normal_fraction=args.normal_fraction)
+        try:
+            if args.onto:
+                labels = write_inserted_set(args.onto, args.out, args.count, args.seed,
+                                            normal_fraction=args.normal_fraction)
+            else:
+                labels = write_synthetic_set(args.out, args.count, args.seed,
+                                             workers=args.workers,
+                                             size_range=(args.min_size, args.max_size),
+                                             normal_fraction=args.normal_fraction)
+        except ValueError as exc:  # the phantom checks its parameters up front
+            return _refuse("cxr-node synth", _argument_error(exc, args))
         made = f"radiographs with findings inserted into {args.onto}" if args.onto else \
             "synthetic radiographs"
         print(f"wrote {args.count} {made}; labels in {labels}")

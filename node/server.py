@@ -18,6 +18,7 @@ from config.settings import Settings
 from model import BUNDLED_MODEL
 from node.completion import CompletionMonitor
 from node.ingest import ActiveStudies, Ingest
+from node.preflight import listen_error, open_checked
 from node.scp import Listener
 from node.sender import Sender, SenderThread
 from storage import audit
@@ -54,11 +55,16 @@ def load_active_model(settings: Settings, db: Database):  # noqa: ANN201 - (Dete
 
 
 class Node:
-    """The running parts of one node process, wired from one settings object."""
+    """The running parts of one node process, wired from one settings object.
+
+    Everything an operator can get wrong (data directory, database, listening address,
+    model folder) is checked before the model loads, so a mistake is reported in a second
+    as a :class:`config.settings.ConfigError` naming the key, not after the model's seconds.
+    """
 
     def __init__(self, settings: Settings, receive: bool = True, analyse: bool = True) -> None:
         self.settings = settings
-        self.db = Database.for_storage(settings.storage)
+        self.db = open_checked(settings, listen=receive, analyse=analyse)
         self.store = DicomFileStore(settings.storage.data_dir)
         self.listener = self.completion = self.worker = None
         if receive:
@@ -92,8 +98,15 @@ class Node:
         if stale:
             LOGGER.warning("removed %d unfinished transfers left by a previous run", stale)
         self._expire_dead_leases()
+        if self.listener:
+            try:
+                self.listener.start()
+            except OSError as exc:  # taken since the start-up probe: still the operator's to fix
+                self.db.dispose()
+                raise listen_error(self.settings, exc) from None
         for part in self.parts:
-            part.start()
+            if part is not self.listener:
+                part.start()
         where = (f"listening as {self.settings.dicom.ae_title} on port {self.listener.port}"
                  if self.listener else "worker and sender")
         self._audit("node-started", f"{where}; removed {stale} unfinished transfers")

@@ -12,19 +12,29 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # PostgreSQL advisory lock keys (any constant the site's other software does not use).
 MIGRATION_LOCK_KEY = 0x6378726E6F6465  # "cxrnode"
 SCHEDULER_START_LOCK_KEY = MIGRATION_LOCK_KEY + 1
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
 
 
 def make_engine(url: str, sqlite_busy_timeout_seconds: float = 30.0) -> Engine:
-    """Create an engine; for SQLite, set WAL, the busy timeout and foreign keys per connection."""
+    """Create an engine; for SQLite, set WAL, the busy timeout and foreign keys per connection.
+
+    A PostgreSQL connection attempt gives up after ``POSTGRES_CONNECT_TIMEOUT_SECONDS``
+    unless the URL sets ``connect_timeout``: libpq's default waits for ever on a server that
+    accepts but does not answer, so a start-up would hang instead of saying which key is wrong.
+    """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        parsed = make_url(url)
+        connect_args = ({"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
+                        if parsed.get_backend_name() == "postgresql"
+                        and "connect_timeout" not in parsed.query else {})
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_seconds})

@@ -136,7 +136,48 @@ def test_cli_refuses_bad_config_with_exit_code_2(tmp_path):
     )
 
     assert result.returncode == 2
-    assert "dicom.port" in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("cxr-node: error: dicom.port: ")
+
+
+def test_yaml_syntax_error_is_one_line_naming_the_place(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("dicom:\n  port: 11112\n  peers: [{ae_title: A, hosts: [10.0.0.1]}\n")
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "line 4" in message
+    assert "fix the YAML syntax" in message
+
+
+def test_cli_refuses_yaml_syntax_error_in_one_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("dicom: [port: 1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "node.cli", "--config", str(path), "serve"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"cxr-node: error: {path}: line 2")
+
+
+def test_one_bad_key_is_one_line(tmp_path):
+    path = write_config(tmp_path, {"dicom": {"bind_address": "localhost"}})
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+
+    assert str(error.value).splitlines() == [
+        'dicom.bind_address: "localhost" is not an IP address']
 
 
 def test_device_uid_derived_from_ae_title():

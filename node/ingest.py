@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
+from node.pixel_data import PixelDataProblem, check_pixel_data
 from node.statuses import StoreStatus
 from storage import audit
 from storage.audit import AuditEventId, Outcome
@@ -76,6 +77,8 @@ class _Header:
     body_part_examined: str | None
     series_description: str | None
     series_number: int | None
+    # Why the Pixel Data cannot be the image its attributes describe; None: it can.
+    pixel_problem: PixelDataProblem | None = None
 
     @property
     def is_document(self) -> bool:
@@ -88,9 +91,12 @@ class _Header:
 
 
 class _Refusal(Exception):
-    def __init__(self, status: StoreStatus, message: str) -> None:
+    """``message`` goes back as the Error Comment; ``detail`` only to the audit and the log."""
+
+    def __init__(self, status: StoreStatus, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
 
 
 class ActiveStudies:
@@ -173,7 +179,7 @@ class Ingest:
         except _Refusal as refusal:
             incoming.discard()
             result = StoreResult(refusal.status, str(refusal))
-            self._audit_refusal(request, result)
+            self._audit_refusal(request, result, refusal.detail)
         except BaseException:
             incoming.discard()
             raise
@@ -203,6 +209,10 @@ class Ingest:
             raise _Refusal(StoreStatus.UID_DIFFERS_FROM_REQUEST,
                            f"data set SOP Instance UID {header.sop_instance_uid} differs from "
                            f"the request's Affected SOP Instance UID {requested_instance}")
+        if header.pixel_problem is not None:
+            # PS3.4 B.2.3: 0xC000, the data set cannot be understood as the image it claims.
+            raise _Refusal(StoreStatus.CANNOT_UNDERSTAND, str(header.pixel_problem),
+                           header.pixel_problem.detail)
         if header.study_uid not in held:
             self.active.hold(header.study_uid)
             held.add(header.study_uid)
@@ -227,8 +237,15 @@ class Ingest:
 
     def _read_header(self, incoming: IncomingFile) -> _Header:
         try:
-            ds = pydicom.dcmread(incoming.path, stop_before_pixels=True)
-            transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+            with open(incoming.path, "rb") as fp:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+                try:
+                    # From where the header read stopped: element headers only.
+                    check_pixel_data(fp, ds, transfer_syntax)
+                    pixel_problem = None
+                except PixelDataProblem as problem:
+                    pixel_problem = problem
             sop_class = _uid(ds, "SOPClassUID", "SOP Class UID")
             sop_instance = _uid(ds, "SOPInstanceUID", "SOP Instance UID")
             study = _uid(ds, "StudyInstanceUID", "Study Instance UID")
@@ -248,6 +265,7 @@ class Ingest:
                 body_part_examined=_text(ds, "BodyPartExamined", 16),
                 series_description=_text(ds, "SeriesDescription", 64),
                 series_number=_int(ds, "SeriesNumber"),
+                pixel_problem=pixel_problem,
             )
         except _Refusal:
             raise
@@ -362,10 +380,12 @@ class Ingest:
                                  else request.sop_instance_uid[:64]),
         }
 
-    def _audit_refusal(self, request: StoreRequest, result: StoreResult) -> None:
+    def _audit_refusal(self, request: StoreRequest, result: StoreResult,
+                       detail: str = "") -> None:
         with self.db.session() as session:
             audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-refused",
                          Outcome.MINOR_FAILURE if result.status == StoreStatus.OUT_OF_RESOURCES
                          else Outcome.SERIOUS_FAILURE,
-                         f"C-STORE status 0x{result.status:04X}: {result.message}",
+                         f"C-STORE status 0x{result.status:04X}: {result.message}"
+                         + (f" ({detail})" if detail else ""),
                          **self._audit_fields(request))

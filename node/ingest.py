@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
@@ -27,6 +26,7 @@ from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore, IncomingFile, InvalidUID, validate_uid
+from storage.intake_queue import queue_label_intake
 from storage.models import Instance, Series, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger("cxr_node.ingest")
@@ -34,7 +34,8 @@ _REGISTER_ATTEMPTS = 3
 _DUPLICATE = "duplicate with identical content: acknowledged, not stored again"
 # PS3.4 B.5: SR (and Key Object Selection) storage classes under .88, presentation states
 # under .11; such objects never (re)start an analysis of their study.
-_DOCUMENT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
+_SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+_DOCUMENT_CLASS_PREFIXES = (_SR_CLASS_PREFIX, "1.2.840.10008.5.1.4.1.1.11.")
 
 
 class _Registered(StrEnum):
@@ -88,6 +89,11 @@ class _Header:
     @property
     def triggers_analysis(self) -> bool:
         return not self.produced_by_node and not self.is_document
+
+    @property
+    def may_hold_labels(self) -> bool:
+        """An SR from a peer: perhaps a radiologist's labels (the label intake decides)."""
+        return self.sop_class_uid.startswith(_SR_CLASS_PREFIX) and not self.produced_by_node
 
 
 class _Refusal(Exception):
@@ -160,9 +166,11 @@ class Ingest:
         self.store = store
         self.active = active
         self._device_uid = settings.device_uid
-        # Called with (file, calling AE title) for each SR or presentation state stored
-        # from a peer (the label intake reads radiologists' reports); None: nothing.
-        self.on_document: Callable[[Path, str], None] | None = None
+        # Queue each SR stored from a peer for the label intake (node.label_intake), in
+        # the commit that registers it; the intake reads it after the C-STORE is answered.
+        self.queue_label_intake = False
+        # Called after such a commit, to wake the intake loop of this process.
+        self.on_label_intake_queued: Callable[[], None] | None = None
         # One registration at a time in this process; other processes are kept honest
         # by the unique constraints (an IntegrityError is retried).
         self._register_lock = threading.Lock()
@@ -217,23 +225,13 @@ class Ingest:
             self.active.hold(header.study_uid)
             held.add(header.study_uid)
         result = self._place_and_register(incoming, header, request)
-        if header.is_document and not header.produced_by_node and self.on_document \
-                and result.message != _DUPLICATE:
-            self._hand_over_document(header, request)
+        if self._queues_label_intake(header) and result.message != _DUPLICATE \
+                and self.on_label_intake_queued is not None:
+            self.on_label_intake_queued()
         return result
 
-    def _hand_over_document(self, header: _Header, request: StoreRequest) -> None:
-        """Give a stored SR to the label intake; its problems never fail the C-STORE."""
-        path = self.store.absolute(self.store.relative_path(
-            header.study_uid, header.series_uid, header.sop_instance_uid))
-        try:
-            self.on_document(path, request.calling_ae_title)
-        except Exception as exc:  # noqa: BLE001 - stored already; the problem is audited
-            LOGGER.exception("labels from %s could not be read", header.sop_instance_uid)
-            with self.db.session() as session:
-                audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "labels-unreadable",
-                             Outcome.MINOR_FAILURE, f"stored, but no labels taken: {exc}",
-                             **self._audit_fields(request, header))
+    def _queues_label_intake(self, header: _Header) -> bool:
+        return self.queue_label_intake and header.may_hold_labels
 
     def _read_header(self, incoming: IncomingFile) -> _Header:
         try:
@@ -351,6 +349,9 @@ class Ingest:
         instance.calling_ae_title = request.calling_ae_title
         instance.received_at = now
         instance.produced_by_node = header.produced_by_node
+        if self._queues_label_intake(header):
+            session.flush()
+            queue_label_intake(session, instance, request.calling_ae_title)
 
         if replaced:
             audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-replaced",

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from config.settings import Settings
 from node.loop import PollingThread
@@ -67,7 +67,7 @@ class LabelIntakeThread(PollingThread):
             calling_ae_title = job.calling_ae_title
         try:
             self.intake(path, calling_ae_title)
-        except DBAPIError:
+        except (OperationalError, InterfaceError):
             # The database, not the report: the lease runs out and the row is read again.
             raise
         except Exception as exc:  # noqa: BLE001 - the report is stored; the problem is audited

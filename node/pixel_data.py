@@ -19,15 +19,11 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom.encaps import parse_basic_offsets, parse_fragments
-from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian
 
 PIXEL_DATA_TAG = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-_ITEM_TAG = 0xFFFEE000
 _SEQUENCE_DELIMITER_TAG = 0xFFFEE0DD
-# PS3.5 7.1.2: explicit VRs whose length field is 4 bytes after 2 reserved bytes.
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
 
 
 class PixelDataProblem(ValueError):
@@ -78,26 +74,27 @@ def expected_native_length(ds: pydicom.Dataset) -> int:
     return length
 
 
-def _element_header(fp: BinaryIO, implicit: bool, endianness: str) -> tuple[int, int] | None:
-    """(tag, value length) of the element at ``fp``, leaving ``fp`` at its value; None at end."""
+def _pixel_data_length(fp: BinaryIO, endianness: str) -> int | None:
+    """The declared length of the Pixel Data element at ``fp``, leaving ``fp`` at its value.
+
+    None when the element there is not Pixel Data (none at all, or Float Pixel Data).
+    The VR is told from the bytes, not from the transfer syntax, as pydicom does: some
+    writers use implicit VR under an explicit syntax. The two cannot be confused here:
+    explicit Pixel Data reads "OB", "OW" or "UN" and two zero bytes (PS3.5 7.1.2), which
+    as an implicit length would be odd, and Pixel Data lengths are even.
+    """
     raw_tag = fp.read(4)
     if len(raw_tag) < 4:
         return None
     group, element = struct.unpack(f"{endianness}HH", raw_tag)
-    tag = group << 16 | element
-    if implicit:
+    if group << 16 | element != PIXEL_DATA_TAG:
+        return None
+    raw = fp.read(4)
+    if raw[:2] in (b"OB", b"OW", b"UN") and raw[2:] == b"\0\0":
         raw = fp.read(4)
-        size = "L"
-    else:
-        vr = fp.read(2)
-        if vr in _LONG_VRS:
-            fp.read(2)
-            raw, size = fp.read(4), "L"
-        else:
-            raw, size = fp.read(2), "H"
-    if len(raw) != struct.calcsize(f"{endianness}{size}"):
+    if len(raw) != 4:
         raise PixelDataProblem("Pixel Data element header is cut short")
-    return tag, struct.unpack(f"{endianness}{size}", raw)[0]
+    return struct.unpack(f"{endianness}L", raw)[0]
 
 
 def _check_native(declared: int, available: int, ds: pydicom.Dataset) -> None:
@@ -170,15 +167,13 @@ def check_pixel_data(fp: BinaryIO, ds: pydicom.Dataset, transfer_syntax: str) ->
             pixels = full["PixelData"].value or b""
             _check_native(len(pixels), len(pixels), full)
         return
-    implicit = syntax == ImplicitVRLittleEndian
     endianness = ">" if syntax == ExplicitVRBigEndian else "<"
     start = fp.tell()
     end = fp.seek(0, 2)
     fp.seek(start)
-    header = _element_header(fp, implicit, endianness)
-    if header is None or header[0] != PIXEL_DATA_TAG:
+    declared = _pixel_data_length(fp, endianness)
+    if declared is None:
         return  # no Pixel Data (or Float Pixel Data, which is not checked here)
-    declared = header[1]
     available = end - fp.tell()
     if syntax.is_encapsulated:
         _check_encapsulated(fp, declared, end, endianness, ds)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
@@ -93,6 +94,18 @@ def test_compressed_pixel_data_must_hold_whole_fragments_one_per_frame_at_least(
     assert problem(saved(ds, tmp_path / "frames.dcm")) == (
         "compressed Pixel Data has 1 fragments for 2 frames")
     assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("SC_rgb_jpeg.dcm", None),  # implicit VR under an explicit syntax, as pydicom reads it
+    ("MR_truncated.dcm", "Pixel Data is 8130 bytes; attributes require 8192"),
+    ("emri_small_jpeg_2k_lossless_too_short.dcm", "Pixel Data fragments cut: 37964 bytes of "
+                                                  "37972"),
+])
+def test_pydicom_test_files_whole_and_truncated(name, expected):
+    path = get_testdata_file(name)
+    assert path, f"{name} ships with pydicom"
+    assert problem(Path(path)) == expected
 
 
 def test_data_sets_without_pixel_data_pass(tmp_path):

@@ -14,16 +14,22 @@ at least one fragment per frame (PS3.5 A.4).
 from __future__ import annotations
 
 import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
 from pydicom.encaps import parse_basic_offsets, parse_fragments
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 PIXEL_DATA_TAG = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER_TAG = 0xFFFEE0DD
+_CHUNK_BYTES = 256 * 1024
 
 
 class PixelDataProblem(ValueError):
@@ -159,15 +165,16 @@ def check_pixel_data(fp: BinaryIO, ds: pydicom.Dataset, transfer_syntax: str) ->
     if not syntax.is_transfer_syntax:
         return
     if syntax.is_deflated:
-        # The data set is one zlib stream; pydicom inflates it whole to read the header
-        # anyway, so reading it again is the only way to the Pixel Data's length.
-        fp.seek(0)
-        full = pydicom.dcmread(fp)
-        if "PixelData" in full:
-            pixels = full["PixelData"].value or b""
-            _check_native(len(pixels), len(pixels), full)
+        # The data set is one zlib stream (PS3.5 A.5): inflate it to a temporary file in
+        # chunks, then read element headers there as for any explicit little endian file.
+        with _inflated(fp) as inflated:
+            if inflated is not None:
+                _check_at(inflated, ds, syntax, "<")
         return
-    endianness = ">" if syntax == ExplicitVRBigEndian else "<"
+    _check_at(fp, ds, syntax, ">" if syntax == ExplicitVRBigEndian else "<")
+
+
+def _check_at(fp: BinaryIO, ds: pydicom.Dataset, syntax: UID, endianness: str) -> None:
     start = fp.tell()
     end = fp.seek(0, 2)
     fp.seek(start)
@@ -179,6 +186,32 @@ def check_pixel_data(fp: BinaryIO, ds: pydicom.Dataset, transfer_syntax: str) ->
         _check_encapsulated(fp, declared, end, endianness, ds)
     else:
         _check_native(declared, available, ds)
+
+
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, PIXEL_DATA_TAG}
+
+
+@contextmanager
+def _inflated(fp: BinaryIO) -> Iterator[BinaryIO | None]:
+    """The inflated data set, positioned at its first pixel element (or its end).
+
+    None when the file has no File Meta Information group length to find the data set by.
+    """
+    fp.seek(128)
+    if fp.read(4) != b"DICM" or fp.read(8) != b"\x02\x00\x00\x00UL\x04\x00":
+        yield None
+        return
+    fp.seek(144 + struct.unpack("<L", fp.read(4))[0])
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    with tempfile.TemporaryFile() as inflated:
+        # Bounded output per call: a chunk of zeros inflates a thousandfold.
+        while chunk := inflate.unconsumed_tail or fp.read(_CHUNK_BYTES):
+            inflated.write(inflate.decompress(chunk, _CHUNK_BYTES))
+        inflated.write(inflate.flush())
+        inflated.seek(0)
+        read_dataset(inflated, is_implicit_VR=False, is_little_endian=True,
+                     stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
+        yield inflated
 
 
 def check_file(path: Path) -> None:

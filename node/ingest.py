@@ -14,18 +14,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
+from node.pixel_data import PixelDataProblem, check_pixel_data
 from node.statuses import StoreStatus
 from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore, IncomingFile, InvalidUID, validate_uid
+from storage.intake_queue import queue_label_intake
 from storage.models import Instance, Series, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger("cxr_node.ingest")
@@ -33,7 +34,8 @@ _REGISTER_ATTEMPTS = 3
 _DUPLICATE = "duplicate with identical content: acknowledged, not stored again"
 # PS3.4 B.5: SR (and Key Object Selection) storage classes under .88, presentation states
 # under .11; such objects never (re)start an analysis of their study.
-_DOCUMENT_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
+_SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+_DOCUMENT_CLASS_PREFIXES = (_SR_CLASS_PREFIX, "1.2.840.10008.5.1.4.1.1.11.")
 
 
 class _Registered(StrEnum):
@@ -76,6 +78,8 @@ class _Header:
     body_part_examined: str | None
     series_description: str | None
     series_number: int | None
+    # Why the Pixel Data cannot be the image its attributes describe; None: it can.
+    pixel_problem: PixelDataProblem | None = None
 
     @property
     def is_document(self) -> bool:
@@ -86,11 +90,19 @@ class _Header:
     def triggers_analysis(self) -> bool:
         return not self.produced_by_node and not self.is_document
 
+    @property
+    def may_hold_labels(self) -> bool:
+        """An SR from a peer: perhaps a radiologist's labels (the label intake decides)."""
+        return self.sop_class_uid.startswith(_SR_CLASS_PREFIX) and not self.produced_by_node
+
 
 class _Refusal(Exception):
-    def __init__(self, status: StoreStatus, message: str) -> None:
+    """``message`` goes back as the Error Comment; ``detail`` only to the audit and the log."""
+
+    def __init__(self, status: StoreStatus, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
 
 
 class ActiveStudies:
@@ -154,9 +166,11 @@ class Ingest:
         self.store = store
         self.active = active
         self._device_uid = settings.device_uid
-        # Called with (file, calling AE title) for each SR or presentation state stored
-        # from a peer (the label intake reads radiologists' reports); None: nothing.
-        self.on_document: Callable[[Path, str], None] | None = None
+        # Queue each SR stored from a peer for the label intake (node.label_intake), in
+        # the commit that registers it; the intake reads it after the C-STORE is answered.
+        self.queue_label_intake = False
+        # Called after such a commit, to wake the intake loop of this process.
+        self.on_label_intake_queued: Callable[[], None] | None = None
         # One registration at a time in this process; other processes are kept honest
         # by the unique constraints (an IntegrityError is retried).
         self._register_lock = threading.Lock()
@@ -173,7 +187,7 @@ class Ingest:
         except _Refusal as refusal:
             incoming.discard()
             result = StoreResult(refusal.status, str(refusal))
-            self._audit_refusal(request, result)
+            self._audit_refusal(request, result, refusal.detail)
         except BaseException:
             incoming.discard()
             raise
@@ -203,32 +217,33 @@ class Ingest:
             raise _Refusal(StoreStatus.UID_DIFFERS_FROM_REQUEST,
                            f"data set SOP Instance UID {header.sop_instance_uid} differs from "
                            f"the request's Affected SOP Instance UID {requested_instance}")
+        if header.pixel_problem is not None:
+            # PS3.4 B.2.3: 0xC000, the data set cannot be understood as the image it claims.
+            raise _Refusal(StoreStatus.CANNOT_UNDERSTAND, str(header.pixel_problem),
+                           header.pixel_problem.detail)
         if header.study_uid not in held:
             self.active.hold(header.study_uid)
             held.add(header.study_uid)
         result = self._place_and_register(incoming, header, request)
-        if header.is_document and not header.produced_by_node and self.on_document \
-                and result.message != _DUPLICATE:
-            self._hand_over_document(header, request)
+        if self._queues_label_intake(header) and result.message != _DUPLICATE \
+                and self.on_label_intake_queued is not None:
+            self.on_label_intake_queued()
         return result
 
-    def _hand_over_document(self, header: _Header, request: StoreRequest) -> None:
-        """Give a stored SR to the label intake; its problems never fail the C-STORE."""
-        path = self.store.absolute(self.store.relative_path(
-            header.study_uid, header.series_uid, header.sop_instance_uid))
-        try:
-            self.on_document(path, request.calling_ae_title)
-        except Exception as exc:  # noqa: BLE001 - stored already; the problem is audited
-            LOGGER.exception("labels from %s could not be read", header.sop_instance_uid)
-            with self.db.session() as session:
-                audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "labels-unreadable",
-                             Outcome.MINOR_FAILURE, f"stored, but no labels taken: {exc}",
-                             **self._audit_fields(request, header))
+    def _queues_label_intake(self, header: _Header) -> bool:
+        return self.queue_label_intake and header.may_hold_labels
 
     def _read_header(self, incoming: IncomingFile) -> _Header:
         try:
-            ds = pydicom.dcmread(incoming.path, stop_before_pixels=True)
-            transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+            with open(incoming.path, "rb") as fp:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+                try:
+                    # From where the header read stopped: element headers only.
+                    check_pixel_data(fp, ds, transfer_syntax)
+                    pixel_problem = None
+                except PixelDataProblem as problem:
+                    pixel_problem = problem
             sop_class = _uid(ds, "SOPClassUID", "SOP Class UID")
             sop_instance = _uid(ds, "SOPInstanceUID", "SOP Instance UID")
             study = _uid(ds, "StudyInstanceUID", "Study Instance UID")
@@ -248,6 +263,7 @@ class Ingest:
                 body_part_examined=_text(ds, "BodyPartExamined", 16),
                 series_description=_text(ds, "SeriesDescription", 64),
                 series_number=_int(ds, "SeriesNumber"),
+                pixel_problem=pixel_problem,
             )
         except _Refusal:
             raise
@@ -333,6 +349,9 @@ class Ingest:
         instance.calling_ae_title = request.calling_ae_title
         instance.received_at = now
         instance.produced_by_node = header.produced_by_node
+        if self._queues_label_intake(header):
+            session.flush()
+            queue_label_intake(session, instance, request.calling_ae_title)
 
         if replaced:
             audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-replaced",
@@ -362,10 +381,12 @@ class Ingest:
                                  else request.sop_instance_uid[:64]),
         }
 
-    def _audit_refusal(self, request: StoreRequest, result: StoreResult) -> None:
+    def _audit_refusal(self, request: StoreRequest, result: StoreResult,
+                       detail: str = "") -> None:
         with self.db.session() as session:
             audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-refused",
                          Outcome.MINOR_FAILURE if result.status == StoreStatus.OUT_OF_RESOURCES
                          else Outcome.SERIOUS_FAILURE,
-                         f"C-STORE status 0x{result.status:04X}: {result.message}",
+                         f"C-STORE status 0x{result.status:04X}: {result.message}"
+                         + (f" ({detail})" if detail else ""),
                          **self._audit_fields(request))

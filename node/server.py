@@ -18,6 +18,7 @@ from config.settings import Settings
 from model import BUNDLED_MODEL
 from node.completion import CompletionMonitor
 from node.ingest import ActiveStudies, Ingest
+from node.label_intake import LabelIntakeThread
 from node.preflight import listen_error, open_checked
 from node.scp import Listener
 from node.sender import Sender, SenderThread
@@ -26,7 +27,7 @@ from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore
 from storage.leases import expire_leases_of_dead_local_processes
-from storage.models import Job, Transfer
+from storage.models import Job, LabelIntakeJob, Transfer
 from training.label_store import LabelIntake
 
 LOGGER = logging.getLogger("cxr_node.server")
@@ -67,10 +68,15 @@ class Node:
         self.db = open_checked(settings, listen=receive, analyse=analyse)
         self.store = DicomFileStore(settings.storage.data_dir)
         self.listener = self.completion = self.worker = None
+        # Radiologists' SRs are read here, after their C-STORE was answered, in any node
+        # process: the queue is in the database.
+        self.label_intake = LabelIntakeThread(settings, self.db, self.store,
+                                              LabelIntake(settings, self.db))
         if receive:
             active = ActiveStudies()
             ingest = Ingest(settings, self.db, self.store, active)
-            ingest.on_document = LabelIntake(settings, self.db)
+            ingest.queue_label_intake = True
+            ingest.on_label_intake_queued = self.label_intake.wake
             self.listener = Listener(settings, self.db, self.store, ingest, active)
             self.completion = CompletionMonitor(self.db, active,
                                                 settings.completion.study_quiet_seconds,
@@ -91,7 +97,8 @@ class Node:
 
     @property
     def parts(self) -> list:
-        return [p for p in (self.listener, self.completion, self.worker, self.sender) if p]
+        return [p for p in (self.listener, self.completion, self.label_intake, self.worker,
+                            self.sender) if p]
 
     def start(self) -> None:
         stale = self.store.remove_stale_incoming()
@@ -120,7 +127,7 @@ class Node:
     def _expire_dead_leases(self) -> None:
         """A killed process on this host leaves jobs and transfers leased; take them up now."""
         with self.db.session() as session:
-            for model in (Job, Transfer):
+            for model in (Job, Transfer, LabelIntakeJob):
                 owners = expire_leases_of_dead_local_processes(session, model)
                 if owners:
                     LOGGER.warning("%s leases of %s expired: those processes no longer run",

@@ -277,6 +277,33 @@ class Label(Base):
     instance: Mapped[Instance] = relationship()
 
 
+class LabelIntakeJob(Base):
+    """An SR or presentation state from a peer, waiting for the label intake to read it.
+
+    Queued in the transaction that registers the instance, so the C-STORE answer waits
+    only for the store and that commit; a loop reads the report afterwards under a lease,
+    as workers claim analysis jobs (states as :class:`JobState`).
+    """
+
+    __tablename__ = "label_intake_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    calling_ae_title: Mapped[str] = mapped_column(AE_TITLE)
+    state: Mapped[JobState] = mapped_column(String(16), default=JobState.QUEUED)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    instance: Mapped[Instance] = relationship()
+
+    __table_args__ = (Index("ix_label_intake_jobs_state_created", "state", "created_at"),)
+
+
 class Split(StrEnum):
     TRAIN = "train"
     VALIDATION = "validation"

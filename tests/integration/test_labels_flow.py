@@ -12,7 +12,7 @@ from sqlalchemy import select
 from model.phantom import synthesize_case
 from model.vocabulary import DEFAULT_FINDINGS
 from node.results import Algorithm, ImageFinding, ProducingDevice, build_measurement_report
-from storage.models import Job, Label, LabelBatch
+from storage.models import Job, JobState, Label, LabelBatch, LabelIntakeJob
 from tests.integration.conftest import audit_events, node_database, wait_until
 from tests.peers import CXR_NODE, REPO, storescu
 from tests.training.test_labels import group, normal_group, radiologist_report
@@ -90,6 +90,9 @@ def test_another_systems_sr_is_stored_but_not_taken_as_labels(start_node, tmp_pa
     assert send(node.port, other_ai, "OTHERAI") == 0
 
     wait_until(lambda: audit_events(node, "instance-received"), timeout=30)
+    # The intake read it (after the C-STORE answer) and took nothing from it.
+    wait_until(lambda: rows(node, select(LabelIntakeJob.state)) == [(JobState.DONE,)],
+               timeout=30)
     assert audit_events(node, "labels-received") == []
     assert rows(node, select(Label.id)) == []
     assert rows(node, select(Job.id)) == []  # an SR alone never queues an analysis

@@ -1,0 +1,80 @@
+"""The label intake queue: stored reports waiting to be read for labels.
+
+The same lease pattern as the analysis jobs (storage.jobs, storage.leases): any process
+may claim rows; a process that dies leaves a lease that expires, and the row is claimed
+again, up to ``max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+from storage.leases import claim
+from storage.models import Instance, JobState, LabelIntakeJob, utcnow
+
+
+def queue_label_intake(session: Session, instance: Instance,
+                       calling_ae_title: str) -> LabelIntakeJob:
+    """Queue ``instance`` (flushed, so it has an id) for the label intake."""
+    job = LabelIntakeJob(instance_id=instance.id, calling_ae_title=calling_ae_title[:16],
+                         state=JobState.QUEUED)
+    session.add(job)
+    return job
+
+
+def _claimable(now, max_attempts: int):  # noqa: ANN001, ANN202 - SQL expression
+    expired = and_(LabelIntakeJob.state == JobState.RUNNING,
+                   LabelIntakeJob.lease_expires_at < now)
+    return and_(or_(LabelIntakeJob.state == JobState.QUEUED, expired),
+                LabelIntakeJob.attempts < max_attempts)
+
+
+def claim_label_intakes(db: Database, owner: str, lease_seconds: float, limit: int,
+                        max_attempts: int) -> list[int]:
+    """Claim up to ``limit`` queued reports (oldest first) for ``owner``; their ids."""
+    now = utcnow()
+    with db.session() as session:
+        return claim(session, db.is_sqlite, LabelIntakeJob, _claimable(now, max_attempts),
+                     (LabelIntakeJob.created_at, LabelIntakeJob.id), limit,
+                     {"state": JobState.RUNNING, "lease_owner": owner, "started_at": now,
+                      "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                      "attempts": LabelIntakeJob.attempts + 1})
+
+
+def end_label_intake(session: Session, job_id: int, owner: str, state: JobState,
+                     error: str | None = None) -> bool:
+    """Mark a claimed row done, failed or queued again, if its lease is still ``owner``'s."""
+    values: dict = {"state": state, "lease_expires_at": None,
+                    "error": error[:4000] if error else None}
+    if state == JobState.QUEUED:
+        values["lease_owner"] = None
+    else:
+        values["finished_at"] = utcnow()
+    changed = session.execute(
+        update(LabelIntakeJob)
+        .where(LabelIntakeJob.id == job_id, LabelIntakeJob.lease_owner == owner,
+               LabelIntakeJob.state == JobState.RUNNING)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return changed == 1
+
+
+def fail_abandoned_label_intakes(session: Session, max_attempts: int) -> list[LabelIntakeJob]:
+    """Rows whose readers died ``max_attempts`` times: mark them failed, return them."""
+    now = utcnow()
+    jobs = session.scalars(
+        select(LabelIntakeJob).where(LabelIntakeJob.state == JobState.RUNNING,
+                                     LabelIntakeJob.lease_expires_at < now,
+                                     LabelIntakeJob.attempts >= max_attempts)
+    ).all()
+    for job in jobs:
+        job.state = JobState.FAILED
+        job.finished_at = now
+        job.error = (f"abandoned: lease of {job.lease_owner} expired after "
+                     f"{job.attempts} attempts")
+    return list(jobs)

@@ -28,8 +28,7 @@ import uuid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import AE, evt
-from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -346,6 +345,8 @@ class _PeerCheckingACSE(ACSE):
     def __init__(self, assoc, listener: Listener) -> None:  # noqa: ANN001
         super().__init__(assoc)
         self._listener = listener
+        # Set only by our hook: if pynetdicom stops calling it, the handlers see False.
+        self.peer_checked = False
 
     def _negotiate_as_acceptor(self) -> None:
         request = self.requestor.primitive
@@ -354,6 +355,7 @@ class _PeerCheckingACSE(ACSE):
         address = self.assoc.requestor.address
         rejection = self._listener.check_association(calling, called, address)
         if rejection is None:
+            self.peer_checked = True
             super()._negotiate_as_acceptor()
             return
         self.requestor.ae_title = calling
@@ -586,7 +588,17 @@ class _RequestHandler(RequestHandler):
                 listener.audit_closed(request.event_type, request.problem, peer)
             return
         self._first_pdu = request.pdu
-        super().handle()
+        # pynetdicom's own handle(), with a check between creating and starting.
+        assoc = self._create_association()
+        if not isinstance(assoc.dul.socket, _GuardedSocket):
+            self.server.shutdown_request(self.request)
+            listener.audit_security_alert(
+                "adapter-missing", "listener adapters missing: guarded socket "
+                "(RequestHandler._create_association was not called): association aborted",
+                peer)
+            return
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
 
     def _create_association(self):  # noqa: ANN202
         assoc = super()._create_association()
@@ -805,11 +817,50 @@ class Listener:
             raise
         return incoming
 
+    def _guards_missing(self, assoc) -> str | None:  # noqa: ANN001
+        """Which of our adapters this association lacks, or None when all are in place.
+
+        They sit on private pynetdicom hooks; if an upgrade renames one, pynetdicom runs
+        its own code instead and nothing else would notice. The handlers then refuse to
+        serve (fail closed) rather than skip the peer check or the bounds.
+        """
+        missing = []
+        if not isinstance(assoc.dul.socket, _GuardedSocket):
+            missing.append("guarded socket (RequestHandler._create_association)")
+        if not isinstance(assoc.acse, _PeerCheckingACSE):
+            missing.append("peer-checking ACSE")
+        elif not assoc.acse.peer_checked:
+            missing.append("peer check (ACSE._negotiate_as_acceptor was not called)")
+        if not isinstance(assoc.dimse, _StreamingDIMSE):
+            missing.append("streaming DIMSE")
+        if not missing:
+            return None
+        return "listener adapters missing: " + ", ".join(missing)
+
+    def _refuse_unguarded(self, assoc) -> bool:  # noqa: ANN001
+        """Abort and audit an association our adapters do not guard; True if so."""
+        problem = self._guards_missing(assoc)
+        if problem is None:
+            return False
+        LOGGER.error("%s: association aborted (is pynetdicom at a version we support?)",
+                     problem)
+        self.audit_security_alert("adapter-missing", f"{problem}: association aborted",
+                                  assoc.requestor.address,
+                                  str(assoc.requestor.ae_title or "").strip() or None)
+        assoc.abort(block=False)
+        return True
+
     def _on_echo(self, event: evt.Event) -> int:
+        if self._refuse_unguarded(event.assoc):
+            return int(StoreStatus.HANDLER_FAILED)
         return 0x0000
 
     def _on_store(self, event: evt.Event) -> Dataset:
         assoc = event.assoc
+        if self._refuse_unguarded(assoc):
+            status = Dataset()
+            status.Status = int(StoreStatus.HANDLER_FAILED)
+            return status
         dimse: _StreamingDIMSE = assoc.dimse
         request = event.request
         incoming = dimse.take_pending(int(request.MessageID))
@@ -844,8 +895,9 @@ class Listener:
 
     def _on_established(self, event: evt.Event) -> None:
         assoc = event.assoc
-        if isinstance(assoc.dimse, _StreamingDIMSE):
-            assoc.dimse.established = True
+        if self._refuse_unguarded(assoc):
+            return
+        assoc.dimse.established = True
         with self.db.session() as session:
             audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "association-accepted",
                          Outcome.SUCCESS, f"{len(assoc.accepted_contexts)} presentation contexts",

@@ -256,3 +256,37 @@ def test_over_long_affected_sop_instance_uid_gets_c002_and_an_audit_row(start_no
     [event] = wait_until(lambda: audit_events(node, "instance-refused"))
     assert "0xC002" in event.message and event.calling_ae_title == "PYSCU"
     assert list((node.data_dir / "incoming").iterdir()) == []
+
+
+# -- item 7: the listener's guards fail closed -------------------------------------------------
+
+@pytest.mark.parametrize("lost_hook", ["create_association", "negotiate_as_acceptor"])
+def test_a_lost_pynetdicom_hook_aborts_instead_of_serving(tmp_path, monkeypatch, lost_hook):
+    """As if a pynetdicom upgrade renamed a hook: the peer check would silently not run."""
+    from pynetdicom.transport import RequestHandler
+
+    from config.settings import load_settings
+    from node import scp
+    from node.server import Node
+    from tests.peers import NodeProcess
+
+    if lost_hook == "create_association":
+        monkeypatch.setattr(scp._RequestHandler, "_create_association",
+                            RequestHandler._create_association)
+    else:
+        monkeypatch.delattr(scp._PeerCheckingACSE, "_negotiate_as_acceptor")
+    config = NodeProcess(tmp_path / "node", dicom=SHORT_TIMEOUTS).config_path
+    node = Node(load_settings(config, environ={}), analyse=False)
+    node.listener.start()
+    try:
+        assert echo(node.listener.port) != "ok"
+    finally:
+        node.listener.stop()
+    with node.db.session() as session:
+        from sqlalchemy import select
+
+        from storage.models import AuditEvent
+
+        [alert] = session.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "adapter-missing")).all()
+        assert "association aborted" in alert.message

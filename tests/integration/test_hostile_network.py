@@ -266,15 +266,16 @@ def test_a_lost_pynetdicom_hook_aborts_instead_of_serving(tmp_path, monkeypatch,
     from pynetdicom.transport import RequestHandler
 
     from config.settings import load_settings
-    from node import scp
+    from node.scp.acse import PeerCheckingACSE
+    from node.scp.transport import AcceptorRequestHandler
     from node.server import Node
     from tests.peers import NodeProcess
 
     if lost_hook == "create_association":
-        monkeypatch.setattr(scp._RequestHandler, "_create_association",
+        monkeypatch.setattr(AcceptorRequestHandler, "_create_association",
                             RequestHandler._create_association)
     else:
-        monkeypatch.delattr(scp._PeerCheckingACSE, "_negotiate_as_acceptor")
+        monkeypatch.delattr(PeerCheckingACSE, "_negotiate_as_acceptor")
     config = NodeProcess(tmp_path / "node", dicom=SHORT_TIMEOUTS).config_path
     node = Node(load_settings(config, environ={}), analyse=False)
     node.listener.start()

@@ -1,6 +1,6 @@
 """Pin every pynetdicom internal the listener relies on, so an upgrade fails here, loudly.
 
-node.scp adapts private pynetdicom hooks (see its module docstring). Each test names one
+node.scp adapts private pynetdicom hooks (see node/scp/listener.py's docstring). Each test names one
 internal and the shape we use; if pynetdicom renames or reshapes it, this fails in CI
 instead of the listener silently running pynetdicom's own code. The handlers also fail
 closed at run time (tests/integration/test_hostile_network.py shows that).

@@ -102,6 +102,9 @@ class DicomSettings(_Section):
     port: int = Field(default=11112, ge=1, le=65535)
     peers: list[Peer] = Field(default_factory=list)
     max_associations: int = Field(default=16, ge=1, le=1000)
+    # Connections from one address that have not yet sent a whole A-ASSOCIATE-RQ; more are
+    # closed at once (audited), so no host can hold the listener with half-sent requests.
+    max_pending_connections_per_address: int = Field(default=4, ge=1, le=1000)
     # Largest P-DATA PDU we accept (PS3.8 9.3.1); a PDU declaring more aborts the association.
     max_pdu_bytes: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)
     acse_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -83,6 +83,10 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
+
+
 @dataclass(frozen=True)
 class Unbuilt:
     """A result object that could not be built or encoded: which one, and why."""
@@ -209,14 +213,14 @@ class Reporter:
         for sop_class in self.sr_classes:
             name = _SR_NAME[sop_class]
             failed = builder.attempt(
-                ResultKind.SR, f"{name} of {len(sources)} images",
+                ResultKind.SR, f"{name} of {_images(len(sources))}",
                 lambda sop_class=sop_class: build_measurement_report(
                     sources, findings, self.device, self.algorithm,
                     comprehensive_3d=sop_class == COMPREHENSIVE_3D_SR,
                     predecessor=self._predecessor(session, study_id, sop_class)))
             if failed:  # the study must not go without a report: say that it has none
                 builder.attempt(
-                    ResultKind.NOT_ANALYSED_SR, f"{name} (not analysed) of {len(sources)} images",
+                    ResultKind.NOT_ANALYSED_SR, f"{name} (not analysed) of {_images(len(sources))}",
                     lambda sop_class=sop_class, failed=failed: build_not_analysed_report(
                         sources, f"the findings report could not be built: {failed}",
                         self.device, self.algorithm,
@@ -227,7 +231,7 @@ class Reporter:
                 first = group[0]
                 builder.attempt(
                     ResultKind.GSPS,
-                    f"GSPS of {len(group)} images of series {first.SeriesInstanceUID} "
+                    f"GSPS of {_images(len(group))} of series {first.SeriesInstanceUID} "
                     f"({first.Columns} x {first.Rows}, {first.PhotometricInterpretation})",
                     lambda group=group, uids=uids: build_presentation_state(
                         group, [f for f in findings if f.source_sop_instance_uid in uids],
@@ -255,7 +259,7 @@ class Reporter:
         for sop_class in self.sr_classes:
             builder.attempt(
                 ResultKind.NOT_ANALYSED_SR,
-                f"{_SR_NAME[sop_class]} (not analysed) of {len(sources)} images",
+                f"{_SR_NAME[sop_class]} (not analysed) of {_images(len(sources))}",
                 lambda sop_class=sop_class: build_not_analysed_report(
                     sources, reason, self.device, self.algorithm,
                     comprehensive_3d=sop_class == COMPREHENSIVE_3D_SR))

@@ -212,23 +212,35 @@ def test_pa_lateral_and_ap_in_one_study(site, tmp_path, dciodvfy):
 
 
 @SQLITE_ONLY
-def test_an_object_that_cannot_be_built_withholds_none_of_the_others(site, tmp_path, dciodvfy,
-                                                                     monkeypatch):
-    def broken(*args, **kwargs):
-        raise ValueError("forced GSPS failure")
+def test_objects_that_cannot_be_built_withhold_none_of_the_others(site, tmp_path, dciodvfy,
+                                                                  monkeypatch):
+    """The GSPS and the findings SR fail to build: the SC still goes out, and the study
+    still gets a report, one that says it holds no findings report and why."""
+    def broken(name: str):
+        def build(*args, **kwargs):
+            raise ValueError(f"forced {name} failure")
+        return build
 
-    monkeypatch.setattr(reporting, "build_presentation_state", broken)
+    monkeypatch.setattr(reporting, "build_presentation_state", broken("GSPS"))
+    monkeypatch.setattr(reporting, "build_measurement_report", broken("SR"))
     study = Study(tmp_path / "in")
-    site.receive(study.image(generate_uid(), size=320))
+    source = study.image(generate_uid(), size=320)
+    site.receive(source)
 
     analyse(site)  # done at the first attempt: building again would fail again
 
     queued = outbox(site, dciodvfy)
-    assert [len(queued.get(kind, [])) for kind in (ResultKind.SR, ResultKind.GSPS,
-                                                   ResultKind.SC)] == [1, 0, 1]
-    [event] = site.rows(AuditEvent, AuditEvent.event_type == "result-not-built")
-    assert "GSPS" in event.message and "forced GSPS failure" in event.message
-    assert event.study_uid == study.uid
+    assert {kind: len(objects) for kind, objects in queued.items()} == {
+        ResultKind.NOT_ANALYSED_SR: 1, ResultKind.SC: 1}
+    [report] = queued[ResultKind.NOT_ANALYSED_SR]
+    assert referenced(report) == uids(source)
+    assert "Not analysed: the findings report could not be built: forced SR failure" \
+        in text_values(report)
+    events = site.rows(AuditEvent, AuditEvent.event_type == "result-not-built")
+    assert sorted(event.message.split(" not built: ")[1] for event in events) == [
+        "forced GSPS failure", "forced SR failure"]
+    assert {event.study_uid for event in events} == {study.uid}
+    assert any("GSPS of 1 image of series" in event.message for event in events)
 
 
 def test_a_job_that_fails_for_good_sends_a_not_analysed_report(tmp_path, database,

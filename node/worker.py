@@ -8,6 +8,11 @@ claims and prepares the next jobs, so on a GPU the model does not wait for decod
 Each job's image decisions, findings and result objects are committed in one transaction
 together with the job's completion, and only while the job's lease is still this
 worker's: a job taken over by another worker after a lease expired is stored once.
+
+A result object that cannot be built does not fail the job (building it again, after running
+the model again, would fail the same way): it is audited and the others go out. A job that
+fails for good (after ``max_attempts``, or abandoned by workers that died) still sends the
+PACS a "Not analysed: <why>" SR, so that no study silently goes without a report.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from model.detector import Detection, Detector
 from model.preprocess import Letterbox, UnsupportedImage, preprocess
 from node.gate import check_eligibility
 from node.loop import PollingThread
-from node.reporting import Reporter
+from node.reporting import Published, Reporter, Unbuilt
 from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
@@ -41,7 +46,16 @@ from storage.jobs import (
     return_unstarted_job,
 )
 from storage.leases import lease_owner
-from storage.models import FindingRecord, ImageAnalysis, Instance, Job, Series, Study
+from storage.models import (
+    FindingRecord,
+    ImageAnalysis,
+    Instance,
+    Job,
+    JobState,
+    ResultKind,
+    Series,
+    Study,
+)
 from training.registry import active_version
 
 LOGGER = logging.getLogger("cxr_node.worker")
@@ -49,6 +63,8 @@ LOGGER = logging.getLogger("cxr_node.worker")
 DEFER_BYTES = 64 * 1024
 # How often a worker asks the registry whether another model became active.
 MODEL_CHECK_SECONDS = 5.0
+# The longest error text a "not analysed" SR quotes; a traceback is for the log.
+REASON_MAX_CHARS = 1000
 
 
 @dataclass
@@ -166,9 +182,16 @@ class Worker:
     def prepare(self) -> list[PreparedJob]:
         """Claim jobs and read, gate and preprocess their images (no model yet)."""
         worker = self.settings.worker
-        with self.db.session() as session:
-            for job in fail_abandoned_jobs(session, worker.max_attempts):
-                self._audit_failure(session, job.id, job.error or "abandoned")
+        written: list[Path] = []
+        try:
+            with self.db.session() as session:
+                for job in fail_abandoned_jobs(session, worker.max_attempts):
+                    self._audit_failure(session, job.id, job.error or "abandoned")
+                    written += self._report_failure(session, job.id, job.error or "abandoned")
+        except BaseException:
+            for path in written:  # their rows were rolled back
+                path.unlink(missing_ok=True)
+            raise
         job_ids = claim_jobs(self.db, self.owner, worker.lease_seconds, self.jobs_per_claim,
                              worker.max_attempts)
         started = time.perf_counter()
@@ -188,11 +211,7 @@ class Worker:
         with self.db.session() as session:
             job = session.get(Job, job_id)
             study = session.get(Study, job.study_id)
-            rows = session.execute(
-                select(Instance, Series.series_uid).join(Series)
-                .where(Series.study_id == study.id, Instance.produced_by_node.is_(False))
-                .order_by(Series.series_number, Series.id, Instance.id)
-            ).all()
+            rows = _study_instances(session, study.id)
         images = [_read_image(self.store, instance, series_uid) for instance, series_uid in rows]
         config = self.detector.preprocess_config
         for image in images:
@@ -219,10 +238,11 @@ class Worker:
         try:
             with self.db.session() as session:
                 self._record_images(session, job)
-                objects, written = self.reporter.publish(session, job)
+                published = self.reporter.publish(session, job)
+                written = published.written
                 if not finish_job(session, job.job_id, self.owner):
                     raise _LeaseLost()
-                self._audit_analysis(session, job, len(objects))
+                self._audit_analysis(session, job, published)
         except _LeaseLost:
             LOGGER.warning("job %s was taken over by another worker; results discarded",
                            job.job_id)
@@ -280,29 +300,78 @@ class Worker:
                     code_meaning=finding.meaning, score=detection.score, x1=x1, y1=y1, x2=x2,
                     y2=y2, model_name=card.name, model_version=card.version))
 
-    def _audit_analysis(self, session, job: PreparedJob, objects: int) -> None:  # noqa: ANN001
+    def _audit_analysis(self, session, job: PreparedJob,  # noqa: ANN001 - Session
+                        published: Published) -> None:
         analysed = [image for image in job.images if image.analysed]
         findings = sum(len(image.detections) for image in analysed)
         skipped = [f"{image.sop_instance_uid}: {image.skip_reason}"
                    for image in job.images if not image.analysed]
         message = (f"job {job.job_id}: {len(analysed)} images read by "
                    f"{self.detector.card.name} {self.detector.card.version}, {findings} "
-                   f"findings, {objects} result objects")
+                   f"findings, {len(published.objects)} result objects")
+        if published.unbuilt:
+            message += f", {len(published.unbuilt)} not built"
         if skipped:
             message += "; not analysed: " + "; ".join(skipped)
         audit.record(session, AuditEventId.INSTANCES_ACCESSED, "study-analysed",
-                     Outcome.SUCCESS if analysed else Outcome.MINOR_FAILURE, message,
-                     study_uid=job.study_uid)
+                     Outcome.SUCCESS if analysed and not published.unbuilt
+                     else Outcome.MINOR_FAILURE, message, study_uid=job.study_uid)
+        _audit_unbuilt(session, job.job_id, job.study_uid, published.unbuilt)
+
+    def _report_failure(self, session, job_id: int,  # noqa: ANN001 - Session
+                        error: str) -> list[Path]:
+        """Queue the "Not analysed: <why>" SR of a job that failed for good, in ``session``;
+        return the files written (for the caller to remove if its transaction fails).
+
+        Raises only what the database raises: the job's failed state must be stored even
+        when no report can be (a study with no readable image, a full disk); that is
+        audited instead.
+        """
+        job = session.get(Job, job_id)
+        study = session.get(Study, job.study_id)
+        plural = "" if job.attempts == 1 else "s"
+        # One line of printable ASCII, which the SR's TEXT holds whatever the source's
+        # Specific Character Set; the traceback is in the log.
+        error = " ".join(error.encode("ascii", "replace").decode("ascii").split())
+        if len(error) > REASON_MAX_CHARS:
+            error = error[:REASON_MAX_CHARS] + " ..."
+        reason = f"analysis failed after {job.attempts} attempt{plural}: {error}"
+        sources = []
+        for instance, _ in _study_instances(session, study.id):
+            try:
+                sources.append(pydicom.dcmread(self.store.absolute(instance.path),
+                                               defer_size=DEFER_BYTES))
+            except (OSError, pydicom.errors.InvalidDicomError):
+                LOGGER.warning("job %s: %s is unreadable", job_id, instance.path)
+        try:
+            published = self.reporter.publish_not_analysed(session, job_id, study.id, sources,
+                                                           reason)
+        except Exception as exc:  # noqa: BLE001 - e.g. the disk is full; the job stays failed
+            LOGGER.exception("job %s: the not-analysed report could not be stored", job_id)
+            published = Published(unbuilt=[Unbuilt(ResultKind.NOT_ANALYSED_SR,
+                                                   "not-analysed SR", str(exc))])
+        if not published.objects and not published.unbuilt \
+                and self.settings.worker.report_not_analysed:
+            published.unbuilt.append(Unbuilt(ResultKind.NOT_ANALYSED_SR, "not-analysed SR",
+                                             "the study holds no readable image to refer to"))
+        _audit_unbuilt(session, job_id, study.study_uid, published.unbuilt)
+        return published.written
 
     def _release(self, job_id: int, error: str) -> None:
+        written: list[Path] = []
         try:
             with self.db.session() as session:
                 state = release_failed_job(session, job_id, self.owner, error,
                                            self.settings.worker.max_attempts)
                 if state is not None:
-                    self._audit_failure(session, job_id, error, final=state == "failed")
+                    final = state == JobState.FAILED
+                    self._audit_failure(session, job_id, error, final=final)
+                    if final:
+                        written = self._report_failure(session, job_id, error)
         except Exception:  # noqa: BLE001 - the lease will expire and the job be retried
             LOGGER.exception("could not release job %s", job_id)
+            for path in written:  # their rows were rolled back
+                path.unlink(missing_ok=True)
 
     @staticmethod
     def _audit_failure(session, job_id: int, error: str, final: bool = True) -> None:  # noqa: ANN001
@@ -313,6 +382,26 @@ class Worker:
                      Outcome.SERIOUS_FAILURE if final else Outcome.MINOR_FAILURE,
                      f"job {job_id} (attempt {job.attempts}): {error}",
                      study_uid=study.study_uid)
+
+
+def _study_instances(session, study_id: int) -> list:  # noqa: ANN001 - Session
+    """(Instance, series UID) of every received image of the study, in series order."""
+    return session.execute(
+        select(Instance, Series.series_uid).join(Series)
+        .where(Series.study_id == study_id, Instance.produced_by_node.is_(False))
+        .order_by(Series.series_number, Series.id, Instance.id)
+    ).all()
+
+
+def _audit_unbuilt(session, job_id: int, study_uid: str,  # noqa: ANN001 - Session
+                   unbuilt: list[Unbuilt]) -> None:
+    """One audit event per object that could not be built: which one, and why. A missing
+    report is serious (the PACS has nothing saying the AI did not read the study)."""
+    for item in unbuilt:
+        serious = item.kind in (ResultKind.SR, ResultKind.NOT_ANALYSED_SR)
+        audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "result-not-built",
+                     Outcome.SERIOUS_FAILURE if serious else Outcome.MINOR_FAILURE,
+                     f"job {job_id}: {item.what} not built: {item.reason}", study_uid=study_uid)
 
 
 class _LeaseLost(Exception):

@@ -5,7 +5,7 @@ and meant to be written with ``save_as(path, enforce_file_format=True)``.
 """
 
 from node.results.common import Algorithm, ImageFinding, ProducingDevice, SeriesDescription
-from node.results.gsps import build_presentation_state
+from node.results.gsps import build_presentation_state, presentation_groups
 from node.results.overlay import render_overlay
 from node.results.secondary_capture import build_secondary_capture
 from node.results.sr import build_measurement_report, build_not_analysed_report
@@ -19,5 +19,6 @@ __all__ = [
     "build_not_analysed_report",
     "build_presentation_state",
     "build_secondary_capture",
+    "presentation_groups",
     "render_overlay",
 ]

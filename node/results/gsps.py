@@ -5,12 +5,16 @@ layer the reader can switch off, with the source's own window. It also replaces 
 image's grey-scale pipeline: the GSPS pipeline has no MONOCHROME1 step, so Presentation LUT
 Shape INVERSE restates that inversion for MONOCHROME1 sources and IDENTITY leaves
 MONOCHROME2 as it is (PS3.3 C.11.6.1, PS3.4 N.2.1.1). One presentation LUT serves the
-whole object, hence one series of one polarity per GSPS.
+whole object, hence one series of one polarity per GSPS. highdicom adds that every image
+of one GSPS has the same Rows and Columns (the displayed area is stated once) and the same
+rescale (one Modality LUT); :func:`presentation_groups` splits a study's images along all
+of these lines, so a series with a repeat exposure of another size still gets its overlay.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 from highdicom import PresentationLUTShapeValues, PresentationLUTTransformation
@@ -52,6 +56,34 @@ LUT_SHAPES = {
 }
 
 
+def presentation_key(ds: Dataset) -> tuple[Any, ...]:
+    """What images presented by one GSPS must share: series, Rows and Columns, polarity and
+    rescale (presence and value of Rescale Slope, Intercept and Type). A multi-frame image
+    is presented alone, as highdicom requires."""
+    rescale = tuple(_number(ds.get(keyword)) for keyword in ("RescaleSlope", "RescaleIntercept"))
+    frames = int(ds.get("NumberOfFrames") or 1)
+    return (str(ds.get("SeriesInstanceUID")), ds.get("Rows"), ds.get("Columns"),
+            str(ds.get("PhotometricInterpretation")), rescale, ds.get("RescaleType"),
+            str(ds.get("SOPInstanceUID")) if frames > 1 else "")
+
+
+def _number(value: object) -> object:
+    """A DS value compared as highdicom compares it (by number); kept as text if not one."""
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def presentation_groups(sources: Sequence[Dataset]) -> list[list[Dataset]]:
+    """``sources`` split into the groups that one GSPS each can present, in order of first
+    appearance (images keep their order within a group)."""
+    groups: dict[tuple[Any, ...], list[Dataset]] = {}
+    for ds in sources:
+        groups.setdefault(presentation_key(ds), []).append(ds)
+    return list(groups.values())
+
+
 def build_presentation_state(
     sources: Sequence[Dataset],
     findings: Sequence[ImageFinding],
@@ -66,8 +98,8 @@ def build_presentation_state(
     Raises
     ------
     ValueError
-        When the sources span several series or mix MONOCHROME1 and MONOCHROME2, or a finding
-        does not lie on one of them.
+        When the sources cannot share one GSPS (see :func:`presentation_groups`: several
+        series, sizes, polarities or rescales), or a finding does not lie on one of them.
     """
     sources = check_sources(sources)
     check_producer(device, algorithm)
@@ -79,7 +111,17 @@ def build_presentation_state(
     photometrics = sorted({str(ds.get("PhotometricInterpretation")) for ds in sources})
     if len(photometrics) != 1 or photometrics[0] not in LUT_SHAPES:
         raise ValueError(f"sources must all be MONOCHROME1 or all MONOCHROME2, got "
-                         f"PhotometricInterpretation {photometrics}")
+                         f"PhotometricInterpretation {photometrics}: build one per group "
+                         f"of presentation_groups()")
+    sizes = sorted({f"{ds.Columns} x {ds.Rows}" for ds in sources})
+    if len(sizes) != 1:
+        raise ValueError(f"a presentation state covers images of one size; sources are "
+                         f"{sizes} (columns x rows): build one per group of "
+                         f"presentation_groups()")
+    if len(presentation_groups(sources)) != 1:
+        raise ValueError("sources differ in Rescale Slope, Intercept or Type, or include a "
+                         "multi-frame image beside others: build one per group of "
+                         "presentation_groups()")
     layer = GraphicLayer(LAYER_NAME, order=1, description=LAYER_DESCRIPTION,
                          display_color=CIELabColor.from_rgb(*BOX_COLOUR))
     annotations = []

@@ -210,3 +210,30 @@ def test_two_worker_processes_on_postgresql_complete_each_of_30_jobs_once(
     analysed = query(node, select(AuditEvent.study_uid)
                      .where(AuditEvent.event_type == "study-analysed"))
     assert len(analysed) == 30 and len(set(analysed)) == 30
+
+
+def test_a_series_mixing_sizes_and_polarities_gets_every_result_at_the_pacs(start_node,
+                                                                             tmp_path):
+    """A PA, a repeat PA collimated to another size, and an AP on a MONOCHROME1 plate, in
+    one series, sent by storescu: the PACS (storescp) gets one SR, a GSPS per size and
+    polarity, and an SC per image, after one analysis."""
+    from pydicom.uid import generate_uid
+
+    from tests.node.test_worker_results import Study
+
+    study, series = Study(tmp_path / "in"), generate_uid()
+    files = [study.image(series, size=320), study.image(series, size=384),
+             study.image(series, size=384, photometric="MONOCHROME1", view="AP")]
+    with StorescpProcess(tmp_path) as storescp:
+        node = start_node(worker=WORKER, destinations=destination(storescp.port),
+                          sending=fast_retries())
+        assert storescu(node.port, files).returncode == 0
+        wait_until(lambda: transfer_states(node) == {TransferState.SENT: 7}, timeout=120,
+                   interval=0.5)
+        received = [pydicom.dcmread(path) for path in storescp.output.iterdir()
+                    if path.is_file()]
+    assert {str(ds.SOPInstanceUID) for ds in received} == result_uids(node)
+    classes = sorted(str(ds.SOPClassUID) for ds in received)
+    assert classes == sorted([SR_3D] + [GSPS] * 3 + ["1.2.840.10008.5.1.4.1.1.7"] * 3)
+    assert all(ds.StudyInstanceUID == study.uid for ds in received)
+    assert query(node, select(Job.state, Job.attempts)) == [(JobState.DONE, 1)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.results import ImageFinding, build_presentation_state
+from node.results import ImageFinding, build_presentation_state, presentation_groups
 from tests.node.results.conftest import ALGORITHM, DEVICE, FINDINGS, second_image
 
 GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
@@ -125,3 +125,40 @@ def test_refuses_mixed_polarity(phantom):
 
     with pytest.raises(ValueError, match="PhotometricInterpretation"):
         build_presentation_state([source, other], findings, DEVICE, ALGORITHM)
+
+
+def test_refuses_images_of_different_sizes(phantom):
+    source, findings = phantom
+    other = second_image(source, source.SOPInstanceUID + ".5")
+    other.Rows = source.Rows + 64  # a repeat exposure, collimated otherwise
+
+    with pytest.raises(ValueError, match="one size"):
+        build_presentation_state([source, other], findings, DEVICE, ALGORITHM)
+
+
+def test_presentation_groups_split_what_one_gsps_cannot_hold(phantom, write_verified):
+    """Same series: a smaller repeat, an image of the other polarity, one with
+    another rescale, and a copy that fits with the first."""
+    source, findings = phantom
+    smaller = second_image(source, source.SOPInstanceUID + ".6")
+    smaller.Rows, smaller.Columns = source.Rows // 2, source.Columns // 2
+    smaller.PixelData = bytes(smaller.Rows * smaller.Columns * 2)
+    inverse = second_image(source, source.SOPInstanceUID + ".7")
+    inverse.PhotometricInterpretation = ({"MONOCHROME1", "MONOCHROME2"}
+                                         - {source.PhotometricInterpretation}).pop()
+    rescaled = second_image(source, source.SOPInstanceUID + ".8")
+    rescaled.RescaleSlope = 2
+    fits = second_image(source, source.SOPInstanceUID + ".9")
+    images = [source, smaller, inverse, rescaled, fits]
+
+    groups = presentation_groups(images)
+
+    assert [[ds.SOPInstanceUID for ds in group] for group in groups] == [
+        [source.SOPInstanceUID, fits.SOPInstanceUID], [smaller.SOPInstanceUID],
+        [inverse.SOPInstanceUID], [rescaled.SOPInstanceUID]]
+    for number, group in enumerate(groups):
+        uids = {ds.SOPInstanceUID for ds in group}
+        gsps = write_verified(build_presentation_state(
+            group, [f for f in findings if f.source_sop_instance_uid in uids], DEVICE,
+            ALGORITHM), f"group-{number}")
+        assert set(referenced_uids(gsps)) == uids

@@ -22,6 +22,29 @@ POSTGRES_URL = os.environ.get("CXR_NODE_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+TESTS = Path(__file__).resolve().parent
+# Fixtures that start a real peer or service: a test using one is an integration test
+# wherever it lives. (``database_url`` is decided per backend below: its SQLite half is not.)
+PEER_FIXTURES = frozenset({"start_node", "dcmtk", "postgres_url", "postgres_test_database"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tiers by where a test lives and what it starts, not by hand in each file.
+
+    ``integration``: everything under tests/integration, and any test that starts a real
+    peer (dcmtk, a node process, PostgreSQL). A ``pytestmark`` in a conftest.py marks
+    nothing, which is how 38 of 39 integration tests went unmarked. ``slow`` stays a
+    marker that the slow tests carry themselves. ``make test-unit`` runs neither.
+    """
+    integration = TESTS / "integration"
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (integration in Path(item.path).parents
+                or PEER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                or params.get("database_url") == "postgresql"):
+            item.add_marker(pytest.mark.integration)
+
+
 def unavailable(reason: str) -> None:
     """Fail in CI, skip (with the reason) elsewhere."""
     if IN_CI:

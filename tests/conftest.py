@@ -26,6 +26,19 @@ TESTS = Path(__file__).resolve().parent
 # Fixtures that start a real peer or service: a test using one is an integration test
 # wherever it lives. (``database_url`` is decided per backend below: its SQLite half is not.)
 PEER_FIXTURES = frozenset({"start_node", "dcmtk", "postgres_url", "postgres_test_database"})
+# Tests outside the slow modules that run the bundled 768 px model or a CLI process over a
+# data set: 10-200 s each on a loaded 2-core machine (tests/test_markers.py checks that each
+# name still exists). Whole modules that train carry ``pytestmark = pytest.mark.slow``.
+SLOW_TESTS = frozenset({
+    "tests/training/test_evaluate.py::test_evaluate_command_writes_metrics_summary_and_plots",
+    "tests/node/test_worker.py::test_analysed_study_stores_findings_and_queues_every_result",
+    "tests/node/test_worker.py::test_late_image_reruns_and_new_report_supersedes_the_old",
+    "tests/node/test_worker.py::test_job_taken_over_after_lease_expiry_is_published_once",
+    "tests/node/test_worker.py::test_destination_kinds_and_comprehensive_sr_fallback",
+    "tests/model/test_bundled.py::test_reproduces_its_golden_outputs",
+    "tests/model/test_bundled.py::test_golden_check_catches_changed_weights",
+    "tests/model/test_insertion.py::test_synth_onto_command_writes_the_images",
+})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,8 +46,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     ``integration``: everything under tests/integration, and any test that starts a real
     peer (dcmtk, a node process, PostgreSQL). A ``pytestmark`` in a conftest.py marks
-    nothing, which is how 38 of 39 integration tests went unmarked. ``slow`` stays a
-    marker that the slow tests carry themselves. ``make test-unit`` runs neither.
+    nothing, which is how 38 of 39 integration tests went unmarked. ``slow``: SLOW_TESTS
+    and the modules that mark themselves. ``make test-unit`` runs neither.
     """
     integration = TESTS / "integration"
     for item in items:
@@ -43,6 +56,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 or PEER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
                 or params.get("database_url") == "postgresql"):
             item.add_marker(pytest.mark.integration)
+        if item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 def unavailable(reason: str) -> None:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+from tests.conftest import SLOW_TESTS
 from tests.peers import REPO
 
 FILES = ["tests/integration/test_completion_flow.py", "tests/integration/test_durability.py",
@@ -35,3 +36,10 @@ def test_unit_tier_leaves_out_integration_tests_by_path_and_by_the_peers_they_st
     selected, total, deselected = map(int, counts.groups())
     assert (selected, selected + deselected) == (len(unit), total)
     assert deselected > len(sqlite)
+
+
+def test_every_test_named_slow_still_exists():
+    """A renamed test would silently fall back into the quick tier."""
+    for name in SLOW_TESTS:
+        path, function = name.split("::")
+        assert f"def {function}(" in (REPO / path).read_text(), f"{name} is gone"

@@ -39,6 +39,10 @@ SLOW_TESTS = frozenset({
     "tests/model/test_bundled.py::test_golden_check_catches_changed_weights",
     "tests/model/test_insertion.py::test_synth_onto_command_writes_the_images",
 })
+# Modules whose node processes analyse with the bundled 768 px model: minutes, not seconds,
+# on a loaded 2-core machine, so a limit above pyproject's backstop.
+BUNDLED_MODEL_MODULES = {"tests/integration/test_results_flow.py": 300,
+                         "tests/integration/test_tls.py": 300}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,6 +62,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if item.nodeid.split("[")[0] in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        limit = BUNDLED_MODEL_MODULES.get(item.nodeid.split("::")[0])
+        if limit:  # a test's own @pytest.mark.timeout still comes first
+            item.add_marker(pytest.mark.timeout(limit))
 
 
 def unavailable(reason: str) -> None:

@@ -26,9 +26,9 @@ TESTS = Path(__file__).resolve().parent
 # Fixtures that start a real peer or service: a test using one is an integration test
 # wherever it lives. (``database_url`` is decided per backend below: its SQLite half is not.)
 PEER_FIXTURES = frozenset({"start_node", "dcmtk", "postgres_url", "postgres_test_database"})
-# Tests outside the slow modules that run the bundled 768 px model or a CLI process over a
-# data set: 10-200 s each on a loaded 2-core machine (tests/test_markers.py checks that each
-# name still exists). Whole modules that train carry ``pytestmark = pytest.mark.slow``.
+# Tests outside the slow modules that run the bundled 768 px model, a CLI process over a
+# data set or large phantoms: 10-200 s each on a loaded 2-core machine. tests/test_markers.py
+# checks that each name still exists. Whole modules that train mark themselves.
 SLOW_TESTS = frozenset({
     "tests/training/test_evaluate.py::test_evaluate_command_writes_metrics_summary_and_plots",
     "tests/node/test_worker.py::test_analysed_study_stores_findings_and_queues_every_result",
@@ -38,6 +38,10 @@ SLOW_TESTS = frozenset({
     "tests/model/test_bundled.py::test_reproduces_its_golden_outputs",
     "tests/model/test_bundled.py::test_golden_check_catches_changed_weights",
     "tests/model/test_insertion.py::test_synth_onto_command_writes_the_images",
+    # 60 more phantom cases rendered without findings; 768 px pneumothorax cases; processes.
+    "tests/model/test_phantom.py::test_each_finding_changes_its_box_the_way_it_should",
+    "tests/model/test_phantom.py::test_pneumothorax_rim_has_no_lung_markings",
+    "tests/model/test_phantom.py::test_several_workers_write_the_same_set_as_one",
 })
 # Modules whose node processes analyse with the bundled 768 px model: minutes, not seconds,
 # on a loaded 2-core machine, so a limit above pyproject's backstop.

@@ -8,7 +8,7 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 DEBIAN_TOOLS := dcmtk dicom3tools orthanc openssl
 TOOL_BINARIES := storescu echoscu storescp dcmconv dcmcjpls dciodvfy Orthanc openssl
 
-.PHONY: run test bench tools lint clean
+.PHONY: run test test-unit bench tools lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed tools
 	$(VENV)/bin/ruff check node model training storage config tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick tier: no peer process, no PostgreSQL, no training run (markers: tests/conftest.py).
+test-unit: $(VENV)/.installed tools
+	$(VENV)/bin/ruff check node model training storage config tests benchmarks
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed tools
 	$(PY) benchmarks/ingest.py

@@ -22,6 +22,55 @@ POSTGRES_URL = os.environ.get("CXR_NODE_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+TESTS = Path(__file__).resolve().parent
+# Fixtures that start a real peer or service: a test using one is an integration test
+# wherever it lives. (``database_url`` is decided per backend below: its SQLite half is not.)
+PEER_FIXTURES = frozenset({"start_node", "dcmtk", "postgres_url", "postgres_test_database"})
+# Tests outside the slow modules that run the bundled 768 px model, a CLI process over a
+# data set or large phantoms: 10-200 s each on a loaded 2-core machine. tests/test_markers.py
+# checks that each name still exists. Whole modules that train mark themselves.
+SLOW_TESTS = frozenset({
+    "tests/training/test_evaluate.py::test_evaluate_command_writes_metrics_summary_and_plots",
+    "tests/node/test_worker.py::test_analysed_study_stores_findings_and_queues_every_result",
+    "tests/node/test_worker.py::test_late_image_reruns_and_new_report_supersedes_the_old",
+    "tests/node/test_worker.py::test_job_taken_over_after_lease_expiry_is_published_once",
+    "tests/node/test_worker.py::test_destination_kinds_and_comprehensive_sr_fallback",
+    "tests/model/test_bundled.py::test_reproduces_its_golden_outputs",
+    "tests/model/test_bundled.py::test_golden_check_catches_changed_weights",
+    "tests/model/test_insertion.py::test_synth_onto_command_writes_the_images",
+    # 60 more phantom cases rendered without findings; 768 px pneumothorax cases; processes.
+    "tests/model/test_phantom.py::test_each_finding_changes_its_box_the_way_it_should",
+    "tests/model/test_phantom.py::test_pneumothorax_rim_has_no_lung_markings",
+    "tests/model/test_phantom.py::test_several_workers_write_the_same_set_as_one",
+})
+# Modules whose node processes analyse with the bundled 768 px model: minutes, not seconds,
+# on a loaded 2-core machine, so a limit above pyproject's backstop.
+BUNDLED_MODEL_MODULES = {"tests/integration/test_results_flow.py": 300,
+                         "tests/integration/test_tls.py": 300}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tiers by where a test lives and what it starts, not by hand in each file.
+
+    ``integration``: everything under tests/integration, and any test that starts a real
+    peer (dcmtk, a node process, PostgreSQL). A ``pytestmark`` in a conftest.py marks
+    nothing, which is how 38 of 39 integration tests went unmarked. ``slow``: SLOW_TESTS
+    and the modules that mark themselves. ``make test-unit`` runs neither.
+    """
+    integration = TESTS / "integration"
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (integration in Path(item.path).parents
+                or PEER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                or params.get("database_url") == "postgresql"):
+            item.add_marker(pytest.mark.integration)
+        if item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        limit = BUNDLED_MODEL_MODULES.get(item.nodeid.split("::")[0])
+        if limit:  # a test's own @pytest.mark.timeout still comes first
+            item.add_marker(pytest.mark.timeout(limit))
+
+
 def unavailable(reason: str) -> None:
     """Fail in CI, skip (with the reason) elsewhere."""
     if IN_CI:

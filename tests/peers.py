@@ -190,7 +190,7 @@ class OrthancProcess(OrthancPacs):
     def post(self, path: str, body: object) -> object:
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
                                          data=json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(request, timeout=120) as r:
+        with urllib.request.urlopen(request, timeout=100) as r:
             return json.loads(r.read())
 
     def upload(self, dicom_file: Path) -> str:
@@ -205,7 +205,7 @@ class OrthancProcess(OrthancPacs):
 
 
 def storescu(port: int, files: list[Path], *, aec: str = "CXRNODE", aet: str = "STORESCU",
-             extra: list[str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+             extra: list[str] | None = None, timeout: float = 100) -> subprocess.CompletedProcess:
     """Send ``files`` with dcmtk's storescu on one association; returns the finished process."""
     command = [require_tool("storescu"), "-aet", aet, "-aec", aec, *(extra or []),
                "127.0.0.1", str(port), *map(str, files)]

@@ -12,8 +12,6 @@ from storage.db import Database
 from storage.models import AuditEvent
 from tests.peers import NodeProcess
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def start_node(tmp_path, dcmtk) -> Callable[..., NodeProcess]:

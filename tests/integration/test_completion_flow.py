@@ -3,8 +3,6 @@ replaced instances, and the node's own objects, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import time
-
 import pydicom
 from sqlalchemy import select
 
@@ -40,8 +38,19 @@ def uid_of(path, keyword: str = "StudyInstanceUID") -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True)[keyword].value)
 
 
-def settle() -> None:
-    time.sleep(QUIET + 1.0)
+def settle(node) -> None:
+    """Wait until no study is still receiving: the completion monitor has then queued every
+    job it ever will for what was sent, so an extra job would already be there."""
+    db = node_database(node)
+    try:
+        def receiving() -> list[str]:
+            with db.session() as session:
+                return list(session.scalars(select(Study.study_uid)
+                                            .where(Study.state == StudyState.RECEIVING)))
+
+        wait_until(lambda: not receiving(), timeout=QUIET + 30)
+    finally:
+        db.dispose()
 
 
 def test_one_job_per_study_and_a_second_for_a_late_instance(start_node, database_url, tmp_path):
@@ -54,14 +63,14 @@ def test_one_job_per_study_and_a_second_for_a_late_instance(start_node, database
     send(node, first[2:])  # a second association to the same study within the quiet period
     send(node, other)
     wait_until(lambda: len(jobs_by_study(node)) == 2)
-    settle()
+    settle(node)
     assert jobs_by_study(node) == {study_a: [1], study_b: [1]}
 
     late = write_dx(tmp_path / "late.dcm", seed=99, study_uid=study_a,
                     series_uid=uid_of(first[0], "SeriesInstanceUID"), instance_number=5)
     send(node, [late])
     wait_until(lambda: jobs_by_study(node)[study_a] == [1, 2])
-    settle()
+    settle(node)
     assert jobs_by_study(node) == {study_a: [1, 2], study_b: [1]}
 
 
@@ -74,7 +83,7 @@ def test_duplicates_are_acknowledged_once_and_changed_content_requeues(start_nod
     wait_until(lambda: jobs_by_study(node) == {study: [1]})
 
     send(node, [original])  # identical: acknowledged, no second copy, no job
-    settle()
+    settle(node)
     assert jobs_by_study(node) == {study: [1]}
     files = list((node.data_dir / "dicom").rglob("*.dcm"))
     assert len(files) == 1
@@ -108,7 +117,7 @@ def test_the_nodes_own_objects_never_queue_a_job(start_node, database_url, tmp_p
                                       device_uid=own_uid)
     [result_new_study] = study_files(tmp_path / "r2", 1, seed=6, device_uid=own_uid)
     send(node, [result_same_study, result_new_study])
-    settle()
+    settle(node)
 
     assert jobs_by_study(node) == {study: [1]}
     db = node_database(node)

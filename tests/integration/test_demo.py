@@ -10,7 +10,8 @@ import pytest
 
 from tests.peers import CXR_NODE, REPO
 
-pytestmark = pytest.mark.slow
+# The whole loop with Orthanc and the bundled model: a limit of its own.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_demo_sends_studies_and_shows_results_latency_and_previews(tmp_path, tool):
@@ -18,7 +19,7 @@ def test_demo_sends_studies_and_shows_results_latency_and_previews(tmp_path, too
     out = tmp_path / "demo"
 
     result = subprocess.run([*CXR_NODE, "demo", "--out", str(out)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=560)
 
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()

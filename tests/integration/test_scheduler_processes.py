@@ -16,7 +16,8 @@ from storage.db import Database
 from storage.models import TaskRun
 from tests.peers import CXR_NODE, REPO
 
-pytestmark = pytest.mark.integration
+# Two processes import torch and run on a 2 s grid: a limit of its own.
+pytestmark = pytest.mark.timeout(300)
 
 
 def _retrain_occurrences(url: str) -> int:

@@ -133,7 +133,7 @@ def test_synth_onto_command_writes_the_images(rg1, tmp_path):
     out = tmp_path / "onto"
     result = subprocess.run([*CXR_NODE, "synth", "--onto", str(rg1), "--out", str(out),
                              "--count", "3", "--seed", "5"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+                            cwd=REPO, capture_output=True, text=True, timeout=100)
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (out / "images").iterdir()) == [

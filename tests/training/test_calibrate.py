@@ -16,7 +16,8 @@ from training import metrics
 from training.dataset import read_labels_csv
 from training.train import TrainConfig, ground_truth, predicted_boxes, train
 
-pytestmark = pytest.mark.slow
+# A training run (the module's fixture) and calibrate processes: limits of their own.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def trained(squares, tmp_path_factory):
 
 def _calibrate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "node.cli", "calibrate", "--device", "cpu",
-                           *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=280)
 
 
 def test_calibrate_writes_a_new_version_whose_thresholds_hold_on_validation(

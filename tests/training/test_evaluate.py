@@ -6,11 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from model.card import ModelCard
 from tests.model.conftest import write_model
 from tests.peers import REPO
 
 
+@pytest.mark.timeout(300)  # slow (tests/conftest.py): a CLI over 48 images
 def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
     write_model(tmp_path / "model")
     out = tmp_path / "report"
@@ -19,7 +22,7 @@ def test_evaluate_command_writes_metrics_summary_and_plots(squares, tmp_path):
         [sys.executable, "-m", "node.cli", "evaluate", "--data", str(squares),
          "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu",
          "--record-in-card", "squares"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        cwd=REPO, capture_output=True, text=True, timeout=280)
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mAP@0.5" in result.stdout

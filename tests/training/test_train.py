@@ -10,7 +10,8 @@ from model.card import ModelCard
 from model.detector import Detector
 from training.train import TrainConfig, train
 
-pytestmark = pytest.mark.slow
+# Training runs: a limit of their own.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_short_run_lowers_the_loss_and_writes_a_loadable_model(squares, tmp_path):

@@ -182,25 +182,29 @@ def list_models(settings: Settings) -> int:
     return 0
 
 
-def promote_model(settings: Settings, version_id: int) -> int:
-    from storage.models import ModelState, ModelVersion
-    from training.registry import RegistryError, promote
-    from training.retrain import gate_passed
+def promote_model(settings: Settings, version_id: int, override_reason: str | None = None) -> int:
+    """Activate a version; the registry refuses a candidate that failed the gate (exit 2).
 
-    def run() -> int:
-        with database(settings) as db, db.session() as session:
-            version = session.get(ModelVersion, version_id)
-            if version is None:
-                raise RegistryError(f"no model version with id {version_id}")
-            if version.state == ModelState.CANDIDATE and not gate_passed(version):
-                raise RegistryError(f"{version.name} {version.version} did not pass the "
-                                    f"promotion gate:\n{version.gate_report or 'not judged'}")
-            promote(session, version_id, "promoted by an admin (cxr-node models promote)")
-            print(f"{version.name} {version.version} is the active model; workers switch to "
-                  "it within seconds")
-        return 0
+    ``override_reason`` (``--override``) activates it anyway; the registry audits the
+    reason, the checks it failed and the user who ran the command.
+    """
+    import getpass
 
-    return _attempt("models promote: ", (RegistryError,), run)
+    from training.registry import PromotionRefused, RegistryError, promote
+
+    why = f"promoted by {getpass.getuser()} (cxr-node models promote)"
+    with database(settings) as db, db.session() as session:
+        try:
+            version = promote(session, version_id, why, override_reason=override_reason)
+        except PromotionRefused as exc:
+            print(f"models promote: {exc} (--override REASON)", file=sys.stderr)
+            return 2
+        except RegistryError as exc:
+            print(f"models promote: {exc}", file=sys.stderr)
+            return 1
+        print(f"{version.name} {version.version} is the active model; workers switch to "
+              "it within seconds")
+    return 0
 
 
 def rollback_model(settings: Settings) -> int:

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     promote = model_actions.add_parser("promote", help="make a candidate that passed the "
                                        "promotion gate active")
     promote.add_argument("id", type=int)
+    promote.add_argument("--override", metavar="REASON",
+                         help="activate a candidate the gate refused; the reason is audited")
     model_actions.add_parser("rollback", help="make the previously active version active again")
     register = model_actions.add_parser("register", help="judge a model trained elsewhere "
                                         "(cxr-node train) on the locked test set; register it")
@@ -232,9 +234,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                                  args.device)
         if args.action == "register":
             return admin.register_model(settings, args.model_dir, args.device)
-        return {"list": admin.list_models, "promote": admin.promote_model,
-                "rollback": admin.rollback_model}[args.action](
-            settings, *([args.id] if args.action == "promote" else []))
+        if args.action == "promote":
+            return admin.promote_model(settings, args.id, args.override)
+        return {"list": admin.list_models, "rollback": admin.rollback_model}[args.action](
+            settings)
     if args.command == "scheduler":
         from node.scheduler import list_jobs, serve_scheduler
 

@@ -1,12 +1,17 @@
 """``cxr-node scheduler``: retraining, the audit report and retention on cron schedules.
 
-APScheduler keeps its job store in the node's database (table ``apscheduler_jobs``), so
-the schedule survives restarts and ``cxr-node scheduler jobs`` can show it. Several
-scheduler processes may run (one per host, for availability): every scheduled occurrence
-of a task is run once, because running it starts by inserting its ``task_runs`` row, and
-the unique (task, scheduled_for) pair lets only one process do that. A retraining also
-never overlaps another one still running. Missed occurrences (the scheduler was down)
-run if at most ``misfire_grace_seconds`` late, several coalesced into one.
+Each scheduler process builds its schedule from the settings when it starts and keeps it
+in memory (APScheduler's ``MemoryJobStore``): APScheduler 3 does not support sharing a
+persistent job store between processes, and nothing here needs one. Several scheduler
+processes may run (one per host, for availability): every scheduled occurrence of a task
+is run once, because running it starts by inserting its ``task_runs`` row, and the unique
+(task, scheduled_for) pair lets only one process do that. A retraining also never
+overlaps another one still running. An occurrence missed while no scheduler was running
+is run at start if it is at most ``misfire_grace_seconds`` old and ``task_runs`` has no
+row for it; several missed ones of a task count as one (the latest).
+
+Databases used by earlier versions hold an ``apscheduler_jobs`` table (APScheduler made
+it, no migration did); nothing reads or writes it any more, so it is left as it is.
 """
 
 from __future__ import annotations
@@ -20,16 +25,16 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
 from storage import audit
 from storage.audit import AuditEventId, Outcome
-from storage.db import SCHEDULER_START_LOCK_KEY, Database
+from storage.db import Database
 from storage.files import DicomFileStore
 from storage.models import (
     DatasetSnapshot,
@@ -42,15 +47,9 @@ from storage.models import (
 )
 
 LOGGER = logging.getLogger("cxr_node.scheduler")
-JOB_TABLE = "apscheduler_jobs"
 TASKS = ("retrain", "report", "retention")
 # A retraining still "running" after this long is taken to have died with its process.
 RETRAIN_LEASE = timedelta(hours=24)
-
-# APScheduler stores jobs as a reference to a module-level function plus arguments, so
-# the running scheduler's context (settings, database) is looked up here by that function.
-_CONTEXT: dict[str, object] = {}
-
 
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -127,8 +126,6 @@ class TaskRunner:
         return run
 
     def _retrain(self, occurrence: datetime) -> tuple[str, str]:
-        from training.retrain import RetrainError, retrain
-
         minimum = self.settings.training.min_new_labelled_studies
         with self.db.session() as session:
             running = session.scalar(select(func.count(TaskRun.id)).where(
@@ -144,6 +141,9 @@ class TaskRunner:
             new = session.scalar(query) or 0
         if new < minimum:
             return "skipped", f"{new} newly labelled studies; {minimum} needed"
+        # Only now: importing the trainer (torch, effdet) takes seconds to a minute.
+        from training.retrain import RetrainError, retrain
+
         device = self.settings.worker.device
         try:
             outcome = retrain(self.settings, self.db, self.store, device=device)
@@ -186,24 +186,47 @@ class TaskRunner:
         return "done", f"{len(instances)} images older than {days} days deleted"
 
 
-def run_task(task: str) -> None:
-    """What APScheduler calls (by reference, from its job store)."""
-    runner = _CONTEXT["runner"]
-    runner.run(task)  # type: ignore[attr-defined]
+def missed_occurrences(runner: TaskRunner, now: datetime) -> list[tuple[str, datetime]]:
+    """Per task, its latest occurrence within the misfire grace before ``now`` that no
+    scheduler has run (no ``task_runs`` row): what was due while none was running."""
+    scheduler = runner.settings.scheduler
+    grace = timedelta(seconds=scheduler.misfire_grace_seconds)
+    missed = []
+    for task in TASKS:
+        trigger = cron_trigger(task_cron(runner.settings, task), scheduler.timezone)
+        first = trigger.get_next_fire_time(None, now - grace)
+        if first is None or first > now:
+            continue  # no occurrence within the grace
+        occurrence = _naive_utc(_latest_occurrence(trigger, now, grace))
+        with runner.db.session() as session:
+            if session.scalar(select(TaskRun.id).where(TaskRun.task == task,
+                                                       TaskRun.scheduled_for == occurrence)):
+                continue
+        missed.append((task, occurrence))
+    return missed
 
 
-def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
+def build_scheduler(settings: Settings, db: Database,
+                    now: datetime | None = None) -> BackgroundScheduler:
+    """This process's schedule, from the settings, in memory; missed occurrences first."""
     scheduler_settings = settings.scheduler
-    _CONTEXT["runner"] = TaskRunner(settings, db)
+    runner = TaskRunner(settings, db)
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=db.engine, tablename=JOB_TABLE)},
+        jobstores={"default": MemoryJobStore()},
         job_defaults={"coalesce": True, "max_instances": 1,
                       "misfire_grace_time": scheduler_settings.misfire_grace_seconds},
         timezone=scheduler_settings.timezone)
     for task in TASKS:
-        scheduler.add_job(run_task, cron_trigger(task_cron(settings, task),
-                                                 scheduler_settings.timezone),
-                          args=[task], id=task, name=task, replace_existing=True)
+        scheduler.add_job(runner.run, cron_trigger(task_cron(settings, task),
+                                                   scheduler_settings.timezone),
+                          args=[task], id=task, name=task)
+    now = now or datetime.now(UTC)
+    for task, occurrence in missed_occurrences(runner, now):
+        LOGGER.info("%s at %s was missed: running it now", task, occurrence)
+        # No trigger: it runs once, as the scheduler starts, for the occurrence due at
+        # ``now`` (a retraining still checks that none other is running).
+        scheduler.add_job(runner.run, args=[task, now], id=f"{task}-missed",
+                          name=f"{task} (missed)")
     return scheduler
 
 
@@ -213,15 +236,7 @@ def serve_scheduler(settings: Settings) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    with db.engine.connect() as connection:
-        # Schedulers starting together create the job table and their jobs one at a time.
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_lock(:key)"),
-                               {"key": SCHEDULER_START_LOCK_KEY})
-        scheduler.start()
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"),
-                               {"key": SCHEDULER_START_LOCK_KEY})
+    scheduler.start()
     for job in scheduler.get_jobs():
         LOGGER.info("%s next at %s", job.id, job.next_run_time)
     print(f"cxr-node scheduler running: {', '.join(TASKS)}", flush=True)

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # PostgreSQL advisory lock keys (any constant the site's other software does not use).
 MIGRATION_LOCK_KEY = 0x6378726E6F6465  # "cxrnode"
-SCHEDULER_START_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
 
 

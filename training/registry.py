@@ -2,17 +2,20 @@
 
 States are candidate, active and retired, and exactly one version is active (a partial
 unique index makes the database refuse a second). A candidate becomes active only through
-the promotion gate (:func:`gate`): non-inferior to the active model on the locked test
-set for every finding, and its weights reproduce their golden outputs. Rollback makes the
-previously active version active again at once. Workers follow the active version
-without a restart (node.worker).
+the promotion gate (:func:`gate`): it reports every finding the active model reports, is
+non-inferior to it on the locked test set for each, and its weights reproduce their golden
+outputs. :func:`promote` itself holds the gate, so no caller (the CLI, a console, a script)
+can activate a refused or unjudged candidate except by an explicit override that names its
+reason and is audited with the checks it overrides. Rollback makes the previously active
+version active again at once. Workers follow the active version without a restart
+(node.worker).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,10 @@ from storage.models import ModelState, ModelVersion, utcnow
 
 class RegistryError(ValueError):
     """A registry operation that cannot be done; the message says why."""
+
+
+class PromotionRefused(RegistryError):
+    """A candidate that did not pass the promotion gate, promoted without an override."""
 
 
 def register(session: Session, model_dir: Path, *, state: ModelState = ModelState.CANDIDATE,
@@ -89,6 +96,7 @@ def _activate(session: Session, version: ModelVersion) -> ModelVersion | None:
 class GateResult:
     passed: bool
     reasons: list[str]  # one line per finding and check, pass or fail
+    failures: list[str] = field(default_factory=list)  # the reasons that refused it
 
     def text(self) -> str:
         verdict = "passed" if self.passed else "refused"
@@ -105,39 +113,87 @@ def gate(candidate: dict[str, Any], active: dict[str, Any], margin: float,
     """Non-inferiority per finding on the same locked test set, and the golden check.
 
     ``candidate`` and ``active`` are evaluation reports of the two models on the same
-    images (``{"per_finding": {label: {"sensitivity": …, "specificity": …}}}``). A figure
-    that cannot be measured (no positive or no negative image) is reported, not compared.
+    images (``{"per_finding": {label: {"sensitivity": …, "specificity": …}}}``). A finding
+    of the active model that the candidate does not report at all is a failure (promoting
+    it would silently stop that finding); a figure that cannot be measured on this test
+    set (no positive or no negative image) is reported, not compared.
     """
-    reasons, passed = [], True
-    for label in sorted(active.get("per_finding", {})):
+    reasons, failures = [], []
+    reported = candidate.get("per_finding", {})
+    missing = sorted(set(active.get("per_finding", {})) - set(reported))
+    if missing:
+        failures.append(f"findings of the active model missing from the candidate: "
+                        f"{', '.join(missing)}")
+        reasons.append(failures[-1])
+    for label in sorted(set(active.get("per_finding", {})) - set(missing)):
         for name in ("sensitivity", "specificity"):
             new, old = _figure(candidate, label, name), _figure(active, label, name)
             if math.isnan(old) or math.isnan(new):
                 reasons.append(f"{label} {name}: not measurable on this test set")
                 continue
             ok = new >= old - margin
-            passed &= ok
             reasons.append(f"{label} {name}: {new:.3f} vs active {old:.3f} "
                            f"({'ok' if ok else f'lower by more than {margin}'})")
+            if not ok:
+                failures.append(reasons[-1])
     if golden_problems:
-        passed = False
-        reasons.append("golden outputs not reproduced: " + "; ".join(golden_problems[:3]))
+        failures.append("golden outputs not reproduced: " + "; ".join(golden_problems[:3]))
+        reasons.append(failures[-1])
     else:
         reasons.append("golden outputs reproduced")
-    return GateResult(passed, reasons)
+    return GateResult(not failures, reasons, failures)
 
 
-def promote(session: Session, version_id: int, why: str) -> ModelVersion:
-    """Make a candidate (or retired) version active; audited."""
+def gate_verdict(version: ModelVersion) -> tuple[bool, list[str]]:
+    """Whether ``version`` passed the gate when it was judged, and the checks it failed.
+
+    A version registered without being judged (no test-set figures) has not passed.
+    """
+    try:
+        figures = json.loads(version.test_metrics) if version.test_metrics else {}
+    except json.JSONDecodeError:
+        figures = {}
+    if not isinstance(figures, dict) or "gate_passed" not in figures:
+        return False, ["not judged on the locked test set (cxr-node models register)"]
+    if figures["gate_passed"]:
+        return True, []
+    # Versions judged before the failed checks were kept say only that it refused them.
+    return False, figures.get("gate_failures") or ["refused (see its gate report)"]
+
+
+def gate_passed(version: ModelVersion) -> bool:
+    return gate_verdict(version)[0]
+
+
+def promote(session: Session, version_id: int, why: str, *,
+            override_reason: str | None = None) -> ModelVersion:
+    """Make a version active; audited.
+
+    A candidate must have passed the promotion gate (a retired version was active before
+    and may return). Otherwise :class:`PromotionRefused` is raised, unless an admin gives
+    ``override_reason``: then it is activated and the audit row names the reason and the
+    checks it failed.
+    """
     version = session.get(ModelVersion, version_id)
     if version is None:
         raise RegistryError(f"no model version with id {version_id}")
     if version.state == ModelState.ACTIVE:
         raise RegistryError(f"{version.name} {version.version} is already active")
+    passed, failed = gate_verdict(version)
+    override = (override_reason or "").strip()
+    needs_gate = version.state == ModelState.CANDIDATE and not passed
+    if needs_gate and not override:
+        raise PromotionRefused(f"{version.name} {version.version} did not pass the promotion "
+                               f"gate ({'; '.join(failed)}); an admin may override it with a "
+                               "reason")
     previous = _activate(session, version)
-    audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-promoted", Outcome.SUCCESS,
-                 f"{version.name} {version.version} active (was "
-                 f"{f'{previous.name} {previous.version}' if previous else 'none'}): {why}")
+    message = (f"{version.name} {version.version} active (was "
+               f"{f'{previous.name} {previous.version}' if previous else 'none'}): {why}")
+    if needs_gate:
+        message += (f"; promotion gate OVERRIDDEN, reason: {override}; failed checks: "
+                    f"{'; '.join(failed)}")
+    audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-promoted",
+                 Outcome.MINOR_FAILURE if needs_gate else Outcome.SUCCESS, message)
     return version
 
 

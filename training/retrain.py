@@ -11,7 +11,6 @@ if the gate passed and ``training.auto_promote`` is on (else ``cxr-node models p
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -138,7 +137,7 @@ def judge(settings: Settings, db: Database, model_dir: Path, snapshot_id: int,
     result = gate(candidate, current, training.promotion_margin, golden)
     figures = {"snapshot": snapshot_id, "test_images": test_images,
                "candidate": summary(candidate), "active": summary(current),
-               "gate_passed": result.passed}
+               "gate_passed": result.passed, "gate_failures": result.failures}
     with db.session() as session:
         parent = session.get(ModelVersion, active_id)
         registered = register(session, model_dir, parent=parent, snapshot_id=snapshot_id,
@@ -165,8 +164,3 @@ def judge_external(settings: Settings, db: Database, store: DicomFileStore, mode
         findings = ModelCard.load(Path(active.path)).findings
     snapshot = create_snapshot(settings, db, store, findings)
     return judge(settings, db, Path(model_dir).resolve(), snapshot.id, device)
-
-
-def gate_passed(version: ModelVersion) -> bool:
-    return bool(version.test_metrics and json.loads(version.test_metrics).get("gate_passed"))
-

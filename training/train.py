@@ -7,6 +7,14 @@ matches at IoU >= 0.5; see :mod:`training.anchor_fit`), ``metrics.jsonl`` (one l
 epoch), ``training_curves.png``, ``checkpoint.pt`` (the last epoch, for resume), and
 ``model/`` (the best epoch's weights and card, thresholds
 chosen on validation).
+
+A run folder with a checkpoint is resumed only with the settings it was started with
+(more ``epochs``, another ``device``, ``workers`` or MLflow address excepted): anything
+else would silently mix two runs in one model, so it is refused, naming the keys.
+Checkpoints and the best weights are written to a temporary file and renamed (as timm's
+``CheckpointSaver`` does), so a crash or a full disk mid-write leaves the previous one
+whole. A validation split without a single box has no mAP; the run says so and keeps the
+last epoch instead of the best.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +51,15 @@ from training.experiment_log import ExperimentLog
 LOGGER = logging.getLogger("cxr_node.train")
 INTENDED_USE = ("Trained on synthetic chest radiographs for demonstration and testing of "
                 "cxr-node. Not for clinical use.")
+
+
+class TrainError(ValueError):
+    """A run that cannot go on as asked; the message says what to change."""
+
+
+# Settings a run may be resumed with although they differ from its config.json: none
+# changes what the finished epochs mean (more epochs extend the same schedule).
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "workers", "mlflow_tracking_uri", "out"})
 
 
 @dataclass(frozen=True)
@@ -194,10 +212,50 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def check_resume(out: Path, config: TrainConfig) -> None:
+    """Refuse to resume the run in ``out`` with settings it was not started with."""
+    saved_file = out / "config.json"
+    if not (out / "checkpoint.pt").exists() or not saved_file.exists():
+        return
+    saved, wanted = json.loads(saved_file.read_text()), config.to_json()
+    differing = sorted(key for key in saved.keys() | wanted.keys()
+                       if key not in RESUMABLE_CHANGES and saved.get(key) != wanted.get(key))
+    if differing:
+        changes = "; ".join(f"{key} {saved.get(key)!r} there, {wanted.get(key)!r} now"
+                            if key != "findings" else "findings differ"
+                            for key in differing)
+        raise TrainError(f"{out} holds a run started with other settings ({changes}); "
+                         f"resume it with the same {', '.join(differing)}, or train into "
+                         "another folder")
+
+
+def save_atomically(state: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, on disk, then renamed over it."""
+    partial = path.with_name(f"{path.name}.tmp")
+    try:
+        with open(partial, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _keep_epochs(metrics_file: Path, last_epoch: int) -> None:
+    """Drop epochs after the checkpoint's (a run killed between the two writes)."""
+    if metrics_file.exists():
+        lines = [line for line in metrics_file.read_text().splitlines()
+                 if line and json.loads(line)["epoch"] <= last_epoch]
+        metrics_file.write_text("".join(f"{line}\n" for line in lines))
+
+
 def train(config: TrainConfig, progress: bool = True) -> Path:
     """Run (or resume) training; return the folder of the best model."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_resume(out, config)  # before config.json is written: it is what we compare to
     (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
     torch.manual_seed(config.seed)
     device = _device(config.device)
@@ -250,8 +308,16 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, best_map = checkpoint["epoch"] + 1, checkpoint["best_map50"]
         LOGGER.info("resuming after epoch %d (best mAP@0.5 %.3f)", start_epoch, best_map)
+        _keep_epochs(out / "metrics.jsonl", start_epoch)
 
     truth = ground_truth(validation_images)
+    # mAP averages over findings with a box; with none at all it is undefined (NaN), no
+    # epoch would ever be "best", and the run would end without a model.
+    measurable = any(truth)
+    if not measurable:
+        LOGGER.warning("the validation split (%s, %d images) has no boxes: mAP cannot be "
+                       "measured, so the last epoch is kept as the model; thresholds come "
+                       "from the parent model or 0.5", split, len(validation_images))
     experiment = ExperimentLog(config.mlflow_tracking_uri, config.name,
                                f"{config.version} ({out.name})")
     experiment.params({k: v for k, v in config.to_json().items() if k != "findings"})
@@ -284,9 +350,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                 print(f"\repoch {epoch + 1}/{config.epochs} [{done}/{steps_per_epoch}] "
                       f"loss {totals['loss'] / done:.4f}", end="", file=sys.stderr, flush=True)
         elapsed = time.monotonic() - started
-        predictions = predict_dataset(detector, validation_set)
-        map50, _ = metrics.mean_average_precision(truth, predictions, labels, 0.5)
-        map40, _ = metrics.mean_average_precision(truth, predictions, labels, 0.4)
+        map50 = map40 = None  # JSON null, not NaN, when unmeasurable
+        if measurable:
+            predictions = predict_dataset(detector, validation_set)
+            map50, _ = metrics.mean_average_precision(truth, predictions, labels, 0.5)
+            map40, _ = metrics.mean_average_precision(truth, predictions, labels, 0.4)
         record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in totals.items()},
                   "map50": map50, "map40": map40, "lr": scheduler.get_last_lr()[0],
                   "train_images_per_second": len(train_set) / elapsed}
@@ -294,15 +362,16 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             handle.write(json.dumps(record) + "\n")
         experiment.metrics(record, step=epoch + 1)
         if progress:
-            print(f"\repoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} "
-                  f"mAP@0.5 {map50:.3f} mAP@0.4 {map40:.3f} "
+            shown = (f"mAP@0.5 {map50:.3f} mAP@0.4 {map40:.3f}" if measurable
+                     else "mAP n/a (no validation boxes)")
+            print(f"\repoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} {shown} "
                   f"({record['train_images_per_second']:.1f} img/s)", file=sys.stderr)
-        if map50 > best_map:
-            best_map = map50
-            torch.save(bench.model.state_dict(), out / "best.pt")
-        torch.save({"model": bench.model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "best_map50": best_map}, checkpoint_path)
+        if not measurable or map50 > best_map:
+            best_map = map50 if measurable else best_map
+            save_atomically(bench.model.state_dict(), out / "best.pt")
+        save_atomically({"model": bench.model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "epoch": epoch,
+                         "best_map50": best_map}, checkpoint_path)
 
     from training.evaluate import plot_training_curves  # matplotlib only when a run ends
 

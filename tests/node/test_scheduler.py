@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from config.settings import Settings
-from node.scheduler import TaskRunner, _latest_occurrence, cron_trigger
+from node.scheduler import (
+    TaskRunner,
+    _latest_occurrence,
+    build_scheduler,
+    cron_trigger,
+    missed_occurrences,
+)
 from storage.models import Instance, Series, Study, TaskRun, utcnow
 
 
@@ -86,3 +93,36 @@ def test_report_task_writes_the_previous_days_report(tmp_path, database, databas
     report = (folder / "audit-report.json").read_text()
     assert '"since": "2026-11-26T06:00:00"' in report
     assert (folder / "audit-report.html").exists()
+
+
+def test_the_schedule_lives_in_memory_and_a_missed_occurrence_runs_once_at_start(
+        tmp_path, database, database_url):
+    # Retention at 03:30 daily; the scheduler starts at 03:40, within the hour's grace.
+    settings = settings_for(tmp_path, database_url, retention_cron="30 3 * * *")
+    start = datetime(2026, 11, 25, 3, 40, tzinfo=UTC)  # a Wednesday: no retrain, no report
+
+    scheduler = build_scheduler(settings, database, now=start)
+    assert sorted(job.id for job in scheduler.get_jobs()) == \
+        ["report", "retention", "retention-missed", "retrain"]
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not scheduler_runs(database):
+            time.sleep(0.1)
+    finally:
+        scheduler.shutdown(wait=True)
+
+    assert [(r.task, r.scheduled_for, r.outcome) for r in scheduler_runs(database)] == \
+        [("retention", datetime(2026, 11, 25, 3, 30), "skipped")]
+    # Started again (or by a second process): the occurrence has its run already.
+    assert missed_occurrences(TaskRunner(settings, database), start) == []
+    # Past the grace, nothing is caught up.
+    assert missed_occurrences(TaskRunner(settings, database),
+                              datetime(2026, 11, 26, 4, 31, tzinfo=UTC)) == []
+    # APScheduler's own job table is never made: the database holds only our task runs.
+    assert "apscheduler_jobs" not in inspect(database.engine).get_table_names()
+
+
+def scheduler_runs(database) -> list[TaskRun]:
+    with database.session() as session:
+        return list(session.scalars(select(TaskRun).order_by(TaskRun.id)))

@@ -225,7 +225,7 @@ def test_an_active_model_that_cannot_load_is_reported_and_the_old_one_kept(site,
         card["version"] = "9.9.9-broken"
         (broken_dir / "card.json").write_text(json.dumps(card))
         broken = register(session, broken_dir)
-        promote(session, broken.id, "test")
+        promote(session, broken.id, "test", override_reason="a test of a damaged model")
     (broken_dir / "weights.pt").write_bytes(b"not weights")  # damaged after registration
     site.worker.model_version_id = bundled.id
 

@@ -229,7 +229,7 @@ def test_admin_commands_list_promote_and_roll_back(site, tmp_path):
                        if v.gate_report and "refused" in v.gate_report)
 
     denied = cli("promote", str(refused))
-    assert denied.returncode == 1 and "did not pass the promotion gate" in denied.stderr
+    assert denied.returncode == 2 and "did not pass the promotion gate" in denied.stderr
     promoted = cli("promote", str(by_version[f"{BUNDLED_VERSION}-copy"]))
     assert promoted.returncode == 0, promoted.stderr
     listing = cli("list")

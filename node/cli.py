@@ -201,6 +201,11 @@ def _argument_error(exc: ValueError, args: argparse.Namespace) -> str:
     return message
 
 
+def _format_map(value: float | None) -> str:
+    """A mAP, or why there is none: a labelled set without a single box cannot measure it."""
+    return "n/a (no boxes in the data)" if value is None else f"{value:.3f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -293,16 +298,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {args.count} {made}; labels in {labels}")
         return 0
     if args.command == "train":
-        from training.train import TrainConfig, train
+        from training.train import TrainConfig, TrainError, train
 
-        model_dir = train(TrainConfig(
-            data=args.data, out=args.out, architecture=args.architecture,
-            image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.lr, seed=args.seed, device=args.device,
-            init_from=args.init_from, version=args.version, workers=args.workers,
-            target_sensitivity=args.target_sensitivity,
-            target_specificity=args.target_specificity, mlflow_tracking_uri=args.mlflow_uri))
+        try:
+            model_dir = train(TrainConfig(
+                data=args.data, out=args.out, architecture=args.architecture,
+                image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.lr, seed=args.seed, device=args.device,
+                init_from=args.init_from, version=args.version, workers=args.workers,
+                target_sensitivity=args.target_sensitivity,
+                target_specificity=args.target_specificity, mlflow_tracking_uri=args.mlflow_uri))
+        except TrainError as exc:  # e.g. a resume with other settings: the message names them
+            return _refuse("cxr-node train", str(exc))
         print(f"best model: {model_dir}")
         return 0
     if args.command == "calibrate":
@@ -313,8 +321,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                              args.target_sensitivity, args.target_specificity, seed=args.seed,
                              validation_data=args.validation_data, device=args.device)
         except ValueError as exc:  # CardError included
-            print(f"cxr-node calibrate: {exc}", file=sys.stderr)
-            return 1
+            return _refuse("cxr-node calibrate", str(exc))
         print(f"{card.name} {card.version} in {args.out}; thresholds "
               + ", ".join(f"{label} {value:.3f}" for label, value in card.thresholds.items()))
         return 0
@@ -323,8 +330,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         report = evaluate_model(args.model, args.data, args.out, args.device,
                                 args.record_in_card)
-        print(f"mAP@0.5 {report['map50']:.3f}, mAP@0.4 {report['map40']:.3f}; "
-              f"report in {args.out}")
+        print(f"mAP@0.5 {_format_map(report['map50'])}, "
+              f"mAP@0.4 {_format_map(report['map40'])}; report in {args.out}")
         return 0
     return 2
 

@@ -32,6 +32,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
+from node.preflight import connect_database
 from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
@@ -231,7 +232,7 @@ def build_scheduler(settings: Settings, db: Database,
 
 
 def serve_scheduler(settings: Settings) -> int:
-    db = Database.for_storage(settings.storage)
+    db = connect_database(settings)
     scheduler = build_scheduler(settings, db)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -255,7 +256,7 @@ def list_jobs(settings: Settings, limit: int = 20) -> int:
         cron = task_cron(settings, task)
         upcoming = cron_trigger(cron, scheduler.timezone).get_next_fire_time(None, now)
         print(f"{task:<10} {cron:<16} {upcoming:%Y-%m-%d %H:%M:%S}")
-    db = Database.for_storage(settings.storage)
+    db = connect_database(settings)
     with db.session() as session:
         runs = session.scalars(select(TaskRun).order_by(TaskRun.id.desc()).limit(limit)).all()
     db.dispose()

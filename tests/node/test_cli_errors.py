@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import yaml
 
 from config.settings import load_settings
@@ -50,11 +51,12 @@ def test_synth_seed_out_of_range_names_the_argument(tmp_path, capsys):
         "cxr-node synth: error: --seed 73020 is outside 0..9999"]
 
 
-def test_unreachable_database_is_one_line_for_admin_commands(tmp_path):
+@pytest.mark.parametrize("command", [["studies"], ["scheduler"], ["scheduler", "jobs"]])
+def test_unreachable_database_is_one_line_for_admin_commands(tmp_path, command):
     url = f"postgresql+psycopg://cxr:secret@127.0.0.1:{free_port()}/cxr?connect_timeout=5"
     config = write_config(tmp_path, {"data_dir": str(tmp_path / "data"), "database_url": url})
 
-    line = refusal(cxr_node("--config", str(config), "studies"))
+    line = refusal(cxr_node("--config", str(config), *command))
 
     assert line.startswith("cxr-node: error: storage.database_url: ")
     assert "secret" not in line

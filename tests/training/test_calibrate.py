@@ -76,9 +76,9 @@ def test_calibrate_refuses_data_the_model_was_not_trained_on(trained, tmp_path):
     result = _calibrate("--model", str(model_dir), "--data", str(other), "--out",
                         str(tmp_path / "out"), "--version", "0.0.2-test")
 
-    assert result.returncode == 1
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "is not the data" in result.stderr and "trained on" in result.stderr
     assert not (tmp_path / "out").exists()
     same_version = _calibrate("--model", str(model_dir), "--data", str(other), "--out",
                               str(tmp_path / "out"), "--version", "0.0.1-test")
-    assert same_version.returncode == 1 and "new version" in same_version.stderr
+    assert same_version.returncode == 2 and "new version" in same_version.stderr

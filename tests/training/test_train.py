@@ -129,6 +129,21 @@ def test_resuming_with_other_settings_is_refused_naming_them(first_epoch, tmp_pa
     assert [json.loads(line)["epoch"] for line in (config.out / "metrics.jsonl").open()] == [1]
 
 
+def test_cli_refuses_a_resume_with_other_settings_in_one_line(first_epoch, tmp_path):
+    config = copy_run(first_epoch, tmp_path)
+    saved = (config.out / "config.json").read_text()
+
+    run = subprocess.run([sys.executable, "-m", "node.cli", "train", "--data", str(config.data),
+                          "--out", str(config.out), "--batch-size", "4", "--device", "cpu"],
+                         cwd=REPO, capture_output=True, text=True, timeout=100)
+
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("cxr-node train: error:") and "batch_size 8 there, 4 now" in line
+    assert (config.out / "config.json").read_text() == saved
+
+
 def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(first_epoch,
                                                                           tmp_path):
     """The second epoch's checkpoint hits a file size limit (a full disk, as far as the

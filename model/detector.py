@@ -11,15 +11,21 @@ which never reaches for a hub.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from effdet import create_model_from_config, get_efficientdet_config
-from effdet.anchors import Anchors, decode_box_outputs
 from torchvision.ops import nms
+
+with warnings.catch_warnings():
+    # effdet scripts a helper with torch.jit as it is imported, which torch now calls
+    # deprecated: an operator would see that warning on every command that loads a model.
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from effdet import create_model_from_config, get_efficientdet_config
+    from effdet.anchors import Anchors, decode_box_outputs
 
 from model.card import ModelCard
 from model.preprocess import Letterbox, PreprocessConfig, preprocess, to_tensor

@@ -22,21 +22,36 @@ from training.train import TrainConfig, TrainError, train
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def test_short_run_lowers_the_loss_and_writes_a_loadable_model(squares, tmp_path):
-    config = TrainConfig(data=squares, out=tmp_path / "run", image_size=256, epochs=3,
-                         batch_size=8, learning_rate=2e-3, device="cpu", version="0.0.1-test")
+@pytest.fixture(scope="module")
+def three_epochs(squares, tmp_path_factory):
+    """One 3-epoch run at 256 px, logged to MLflow, shared by the tests that read it: each
+    training run costs a quarter of a minute per epoch on a 2-core CPU."""
+    tmp = tmp_path_factory.mktemp("three")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    config = TrainConfig(data=squares, out=tmp / "run", image_size=256, epochs=3,
+                         batch_size=8, learning_rate=2e-3, device="cpu", version="0.0.1-test",
+                         mlflow_tracking_uri=uri)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp)  # MLflow puts artifacts beside the working directory
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would make every
+        # later run in this process log there: the context restores the environment.
+        patch.setenv("MLFLOW_TRACKING_URI", "")
+        model_dir = train(config, progress=False)
+    return config, model_dir
 
-    model_dir = train(config, progress=False)
 
-    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+def test_short_run_lowers_the_loss_and_writes_a_loadable_model(three_epochs):
+    config, model_dir = three_epochs
+
+    epochs = [json.loads(line) for line in (config.out / "metrics.jsonl").open()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[-1]["loss"] < 0.6 * epochs[0]["loss"]
     assert {"map50", "map40", "class_loss", "box_loss"} <= set(epochs[0])
-    assert (tmp_path / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config.out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((config.out / "config.json").read_text())
     assert saved["image_size"] == 256 and saved["epochs"] == 3
     # Squares of 26-67 px on the 256 px input; the smallest anchors are 32 px (scale 4).
-    coverage = json.loads((tmp_path / "run" / "anchor_coverage.json").read_text())
+    coverage = json.loads((config.out / "anchor_coverage.json").read_text())
     assert coverage["Mass"]["boxes"] > 0 and coverage["Mass"]["covered"] > 0.5
     assert coverage["Nodule"] == {"boxes": 0, "covered": None, "anchors_per_box": None}
 
@@ -47,34 +62,25 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_model(squares, tmp_path
     assert Detector.load(model_dir, device="cpu").predict_images  # loads with its weights
 
 
-def test_training_resumes_from_its_checkpoint(squares, tmp_path):
-    first = TrainConfig(data=squares, out=tmp_path / "run", image_size=256, epochs=1,
-                        batch_size=8, device="cpu")
-    train(first, progress=False)
-    longer = TrainConfig(data=squares, out=tmp_path / "run", image_size=256, epochs=2,
-                         batch_size=8, device="cpu")
-    train(longer, progress=False)
-
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert epochs == [1, 2]  # the second call ran only the missing epoch
-
-
-def test_a_run_is_logged_to_mlflow_when_a_tracking_uri_is_given(squares, tmp_path,
-                                                                monkeypatch):
-    import mlflow
-
-    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts beside the working directory
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = TrainConfig(data=squares, out=tmp_path / "run", image_size=256, epochs=2,
-                         batch_size=8, device="cpu", version="0.0.2-mlflow",
-                         mlflow_tracking_uri=uri)
+def test_training_resumes_from_its_checkpoint(three_epochs, tmp_path):
+    config = dataclasses.replace(three_epochs[0], out=tmp_path / "run", epochs=4,
+                                 mlflow_tracking_uri=None)
+    shutil.copytree(three_epochs[0].out, config.out)
 
     train(config, progress=False)
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    epochs = [json.loads(line)["epoch"] for line in (config.out / "metrics.jsonl").open()]
+    assert epochs == [1, 2, 3, 4]  # the second call ran only the missing epoch
+
+
+def test_a_run_is_logged_to_mlflow_when_a_tracking_uri_is_given(three_epochs):
+    import mlflow
+
+    config = three_epochs[0]
+    client = mlflow.MlflowClient(tracking_uri=config.mlflow_tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name(config.name).experiment_id])
     assert run.data.params["image_size"] == "256"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "map50")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "map50")] == [1, 2, 3]
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
     assert {"card.json", "training_curves.png", "config.json"} <= logged
     assert run.info.status == "FINISHED"

@@ -42,6 +42,11 @@ SLOW_TESTS = frozenset({
     "tests/model/test_phantom.py::test_each_finding_changes_its_box_the_way_it_should",
     "tests/model/test_phantom.py::test_pneumothorax_rim_has_no_lung_markings",
     "tests/model/test_phantom.py::test_several_workers_write_the_same_set_as_one",
+    # The bundled 768 px model on mixed series; a 1024 px batch of four.
+    "tests/node/test_worker_results.py::test_images_of_different_sizes_in_one_series_get_every_result",
+    "tests/node/test_worker_results.py::test_monochrome1_and_monochrome2_in_one_series_get_every_result",
+    "tests/node/test_worker_results.py::test_pa_lateral_and_ap_in_one_study",
+    "tests/model/test_detector.py::test_an_image_scores_the_same_alone_or_in_a_batch",
 })
 # Modules whose node processes analyse with the bundled 768 px model: minutes, not seconds,
 # on a loaded 2-core machine, so a limit above pyproject's backstop.

@@ -7,13 +7,11 @@ again, up to ``max_attempts`` times.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.leases import claim
+from storage.leases import claim_queued
 from storage.models import Instance, JobState, LabelIntakeJob, utcnow
 
 
@@ -26,23 +24,10 @@ def queue_label_intake(session: Session, instance: Instance,
     return job
 
 
-def _claimable(now, max_attempts: int):  # noqa: ANN001, ANN202 - SQL expression
-    expired = and_(LabelIntakeJob.state == JobState.RUNNING,
-                   LabelIntakeJob.lease_expires_at < now)
-    return and_(or_(LabelIntakeJob.state == JobState.QUEUED, expired),
-                LabelIntakeJob.attempts < max_attempts)
-
-
 def claim_label_intakes(db: Database, owner: str, lease_seconds: float, limit: int,
                         max_attempts: int) -> list[int]:
     """Claim up to ``limit`` queued reports (oldest first) for ``owner``; their ids."""
-    now = utcnow()
-    with db.session() as session:
-        return claim(session, db.is_sqlite, LabelIntakeJob, _claimable(now, max_attempts),
-                     (LabelIntakeJob.created_at, LabelIntakeJob.id), limit,
-                     {"state": JobState.RUNNING, "lease_owner": owner, "started_at": now,
-                      "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                      "attempts": LabelIntakeJob.attempts + 1})
+    return claim_queued(db, LabelIntakeJob, owner, lease_seconds, limit, max_attempts)
 
 
 def end_label_intake(session: Session, job_id: int, owner: str, state: JobState,

@@ -8,13 +8,11 @@ still its own, in the same transaction that stores the results, so no job comple
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.leases import claim
+from storage.leases import claim_queued
 from storage.models import Job, JobState, Study, utcnow
 
 
@@ -30,21 +28,10 @@ def queue_study_job(session: Session, study: Study) -> Job:
     return job
 
 
-def _claimable(now, max_attempts: int):  # noqa: ANN001, ANN202 - SQL expression
-    expired = and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
-    return and_(or_(Job.state == JobState.QUEUED, expired), Job.attempts < max_attempts)
-
-
 def claim_jobs(db: Database, owner: str, lease_seconds: float, limit: int,
                max_attempts: int) -> list[int]:
     """Claim up to ``limit`` jobs (oldest first) for ``owner``; return their ids."""
-    now = utcnow()
-    with db.session() as session:
-        return claim(session, db.is_sqlite, Job, _claimable(now, max_attempts),
-                     (Job.created_at, Job.id), limit,
-                     {"state": JobState.RUNNING, "lease_owner": owner, "started_at": now,
-                      "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                      "attempts": Job.attempts + 1})
+    return claim_queued(db, Job, owner, lease_seconds, limit, max_attempts)
 
 
 def finish_job(session: Session, job_id: int, owner: str) -> bool:

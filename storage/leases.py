@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import utcnow
+from storage.db import Database
+from storage.models import JobState, utcnow
 
 
 def claim(session: Session, is_sqlite: bool, model: type, condition: ColumnElement[bool],
@@ -39,6 +41,26 @@ def claim(session: Session, is_sqlite: bool, model: type, condition: ColumnEleme
     statement = (update(model).where(chosen, condition).values(**values)
                  .returning(model.id).execution_options(synchronize_session=False))
     return sorted(session.scalars(statement).all())
+
+
+def claim_queued(db: Database, model: type, owner: str, lease_seconds: float, limit: int,
+                 max_attempts: int) -> list[int]:
+    """Claim up to ``limit`` rows of a queue table (oldest first) for ``owner``; their ids.
+
+    A queue table (analysis jobs, label intakes) has ``state``, ``lease_owner``,
+    ``lease_expires_at``, ``started_at``, ``attempts`` and ``created_at``: a row is
+    claimable when queued, or running under a lease that expired, while it has attempts left.
+    """
+    now = utcnow()
+    expired = and_(model.state == JobState.RUNNING, model.lease_expires_at < now)
+    claimable = and_(or_(model.state == JobState.QUEUED, expired),
+                     model.attempts < max_attempts)
+    with db.session() as session:
+        return claim(session, db.is_sqlite, model, claimable, (model.created_at, model.id),
+                     limit, {"state": JobState.RUNNING, "lease_owner": owner,
+                             "started_at": now,
+                             "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                             "attempts": model.attempts + 1})
 
 
 def lease_owner(role: str) -> str:

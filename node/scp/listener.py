@@ -169,8 +169,6 @@ class Listener:
 
     # -- association policy ------------------------------------------------------------
 
-    # -- association policy ------------------------------------------------------------
-
     def check_association(self, calling: str, called: str, address: str) -> Rejection | None:
         """The policy's verdict on this request, counting the associations being served."""
         return self.policy.check_association(calling, called, address, self._acceptor_count())

@@ -91,16 +91,6 @@ class Policy:
                          peer_address=address)
         return rejection
 
-    def _acceptor_count(self) -> int:
-        """Associations being served: those whose peer has sent an A-ASSOCIATE-RQ.
-
-        A bare TCP connection (a health check, a port scan) leaves pynetdicom's thread
-        waiting out the ACSE timeout; it must not use up the limit meant for senders.
-        """
-        return sum(1 for assoc in self._ae.active_associations
-                   if assoc.is_acceptor and assoc.dul.is_alive()
-                   and assoc.requestor.primitive is not None)
-
     def audit_security_alert(self, event_type: str, message: str, address: str,
                              calling_ae_title: str | None = None) -> None:
         LOGGER.warning("%s from %s: %s", event_type, address, message)

@@ -39,7 +39,7 @@ test: $(VENV)/.installed tools
 # The quick tier: no peer process, no PostgreSQL, no training run (markers: tests/conftest.py).
 test-unit: $(VENV)/.installed tools
 	$(VENV)/bin/ruff check node model training storage config tests benchmarks
-	$(PY) -m pytest -n 2 -m "not integration and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed tools
 	$(PY) benchmarks/ingest.py

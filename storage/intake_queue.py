@@ -7,11 +7,11 @@ again, up to ``max_attempts`` times.
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.leases import claim_queued
+from storage.leases import claim_queued, fail_abandoned
 from storage.models import Instance, JobState, LabelIntakeJob, utcnow
 
 
@@ -51,15 +51,4 @@ def end_label_intake(session: Session, job_id: int, owner: str, state: JobState,
 
 def fail_abandoned_label_intakes(session: Session, max_attempts: int) -> list[LabelIntakeJob]:
     """Rows whose readers died ``max_attempts`` times: mark them failed, return them."""
-    now = utcnow()
-    jobs = session.scalars(
-        select(LabelIntakeJob).where(LabelIntakeJob.state == JobState.RUNNING,
-                                     LabelIntakeJob.lease_expires_at < now,
-                                     LabelIntakeJob.attempts >= max_attempts)
-    ).all()
-    for job in jobs:
-        job.state = JobState.FAILED
-        job.finished_at = now
-        job.error = (f"abandoned: lease of {job.lease_owner} expired after "
-                     f"{job.attempts} attempts")
-    return list(jobs)
+    return fail_abandoned(session, LabelIntakeJob, max_attempts)

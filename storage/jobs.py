@@ -8,11 +8,11 @@ still its own, in the same transaction that stores the results, so no job comple
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.leases import claim_queued
+from storage.leases import claim_queued, fail_abandoned
 from storage.models import Job, JobState, Study, utcnow
 
 
@@ -77,14 +77,4 @@ def return_unstarted_job(session: Session, job_id: int, owner: str) -> bool:
 
 def fail_abandoned_jobs(session: Session, max_attempts: int) -> list[Job]:
     """Jobs whose workers died ``max_attempts`` times: mark them failed, return them."""
-    now = utcnow()
-    jobs = session.scalars(
-        select(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
-                          Job.attempts >= max_attempts)
-    ).all()
-    for job in jobs:
-        job.state = JobState.FAILED
-        job.finished_at = now
-        job.error = (f"abandoned: lease of {job.lease_owner} expired after "
-                     f"{job.attempts} attempts")
-    return list(jobs)
+    return fail_abandoned(session, Job, max_attempts)

@@ -63,6 +63,21 @@ def claim_queued(db: Database, model: type, owner: str, lease_seconds: float, li
                              "attempts": model.attempts + 1})
 
 
+def fail_abandoned(session: Session, model: type, max_attempts: int) -> list:
+    """Rows of a queue table whose holders died ``max_attempts`` times: mark them failed."""
+    now = utcnow()
+    rows = session.scalars(
+        select(model).where(model.state == JobState.RUNNING, model.lease_expires_at < now,
+                            model.attempts >= max_attempts)
+    ).all()
+    for row in rows:
+        row.state = JobState.FAILED
+        row.finished_at = now
+        row.error = (f"abandoned: lease of {row.lease_owner} expired after "
+                     f"{row.attempts} attempts")
+    return list(rows)
+
+
 def lease_owner(role: str) -> str:
     """``host:pid:role:nonce``: unique per claimer, and checkable from this host."""
     return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"

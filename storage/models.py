@@ -109,14 +109,9 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
-class Job(Base):
-    """One analysis of one study generation; claimed by a worker under a lease."""
+class QueuedWork:
+    """The columns of a queue table that processes claim under a lease (storage.leases)."""
 
-    __tablename__ = "jobs"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
-    study_generation: Mapped[int] = mapped_column(Integer)
     state: Mapped[JobState] = mapped_column(String(16), default=JobState.QUEUED)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -125,6 +120,16 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Job(QueuedWork, Base):
+    """One analysis of one study generation; claimed by a worker under a lease."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_generation: Mapped[int] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
 
@@ -277,8 +282,8 @@ class Label(Base):
     instance: Mapped[Instance] = relationship()
 
 
-class LabelIntakeJob(Base):
-    """An SR or presentation state from a peer, waiting for the label intake to read it.
+class LabelIntakeJob(QueuedWork, Base):
+    """An SR from a peer, waiting for the label intake to read it.
 
     Queued in the transaction that registers the instance, so the C-STORE answer waits
     only for the store and that commit; a loop reads the report afterwards under a lease,
@@ -290,14 +295,6 @@ class LabelIntakeJob(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
     calling_ae_title: Mapped[str] = mapped_column(AE_TITLE)
-    state: Mapped[JobState] = mapped_column(String(16), default=JobState.QUEUED)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    lease_owner: Mapped[str | None] = mapped_column(String(128))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text)
 
     instance: Mapped[Instance] = relationship()
 

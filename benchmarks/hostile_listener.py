@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.integration import test_hostile_network as hostile  # noqa: E402
+from tests.integration.test_bad_input import send_c_store  # noqa: E402
 from tests.peers import NodeProcess  # noqa: E402
 
 TIMEOUTS = {"acse_timeout_seconds": 2.0, "network_timeout_seconds": 3.0,
@@ -119,7 +120,7 @@ def bad_uids() -> dict:
     for _ in range(40):
         assoc = hostile.associate(node.port)
         assoc.dimse_timeout = 1
-        response = hostile.c_store(assoc, "", data)
+        response = send_c_store(assoc, data, hostile.DX, "")
         statuses.add(f"0x{response.Status:04X}" if response else "none")
         assoc.release() if response else assoc.abort()
     time.sleep(2)
@@ -128,7 +129,7 @@ def bad_uids() -> dict:
              "statuses": sorted(statuses)}
     assoc = hostile.associate(node.port)
     assoc.dimse_timeout = 3
-    response = hostile.c_store(assoc, "1.2." + "3" * 70, data)
+    response = send_c_store(assoc, data, hostile.DX, "1.2." + "3" * 70)
     long_uid = {"status": f"0x{response.Status:04X}" if response else "none",
                 "aborted": assoc.is_aborted}
     assoc.abort()

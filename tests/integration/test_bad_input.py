@@ -34,12 +34,20 @@ def c_store(port: int, data: bytes, sop_class: str, sop_instance: str):
     ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="CXRNODE")
     assert assoc.is_established
+    response = send_c_store(assoc, data, sop_class, sop_instance)
+    assoc.release()
+    return response
+
+
+def send_c_store(assoc, data: bytes, sop_class: str, sop_instance: str):  # noqa: ANN001
+    """One C-STORE on ``assoc`` with ``sop_instance`` sent as it is; the response or None."""
     request = C_STORE()
     request.MessageID = 1
     request.AffectedSOPClassUID = sop_class
-    request.AffectedSOPInstanceUID = sop_instance
     request.Priority = 2
     request.DataSet = io.BytesIO(data)
+    # Bypass the primitive's own UID validation: a hostile sender does not run it.
+    request._affected_sop_instance_uid = pydicom.uid.UID(sop_instance)
     # Pause the requestor's reactor, as pynetdicom's own send_c_* methods do, so the
     # response comes to us rather than to the reactor.
     assoc._reactor_checkpoint.clear()
@@ -48,7 +56,6 @@ def c_store(port: int, data: bytes, sop_class: str, sop_instance: str):
     assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
     _, response = assoc.dimse.get_msg(block=True)
     assoc._reactor_checkpoint.set()
-    assoc.release()
     return response
 
 

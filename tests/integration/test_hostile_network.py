@@ -8,7 +8,6 @@ the audit trail says what happened.
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import struct
@@ -19,13 +18,13 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 
 from node.statuses import StoreStatus
 from tests.factories import write_dx
 from tests.integration.conftest import audit_events, wait_until
+from tests.integration.test_bad_input import send_c_store
 
 DX = str(DigitalXRayImageStorageForPresentation)
 ACSE_TIMEOUT = 2.0
@@ -97,25 +96,6 @@ def p_data_tf(context_id: int, control: int, fragment: bytes) -> bytes:
     """One P-DATA-TF PDU with one PDV (PS3.8 9.3.5, E.2: control bit 0 command, bit 1 last)."""
     pdv = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
     return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
-
-
-def c_store(assoc, sop_instance: str, data: bytes):
-    """Send one C-STORE whose command carries ``sop_instance`` as it is; the response or None."""
-    request = C_STORE()
-    request.MessageID = 7
-    request.AffectedSOPClassUID = DX
-    request.Priority = 2
-    request.DataSet = io.BytesIO(data)
-    # Pause the requestor's reactor (as pynetdicom's own send_c_* do) so the response comes here.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.001)
-    # Bypass the primitive's own UID validation: a hostile sender does not run it.
-    request._affected_sop_instance_uid = pydicom.uid.UID(sop_instance)
-    assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
-    _, response = assoc.dimse.get_msg(block=True)
-    assoc._reactor_checkpoint.set()
-    return response
 
 
 # -- item 1: every read on an accepted socket has a deadline ------------------------------------
@@ -226,7 +206,7 @@ def test_empty_affected_sop_instance_uid_gets_c001_and_leaks_nothing(start_node,
     for _ in range(20):  # 100 attempts, 5 on each association
         assoc = associate(node.port)
         for _ in range(5):
-            response = c_store(assoc, "", data)
+            response = send_c_store(assoc, data, DX, "")
             statuses.append(response.Status if response else None)
         assoc.release()
 
@@ -247,8 +227,8 @@ def test_over_long_affected_sop_instance_uid_gets_c002_and_an_audit_row(start_no
     data, sop_instance = dx_bytes(tmp_path)
     assoc = associate(node.port)
 
-    refused = c_store(assoc, "1.2." + "3" * 70, data)
-    accepted = c_store(assoc, sop_instance, data)  # the association stays usable
+    refused = send_c_store(assoc, data, DX, "1.2." + "3" * 70)
+    accepted = send_c_store(assoc, data, DX, sop_instance)  # the association stays usable
     assoc.release()
 
     assert refused is not None and refused.Status == StoreStatus.UID_INVALID

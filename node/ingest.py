@@ -160,17 +160,17 @@ class Ingest:
     """Validates, places and registers received instances."""
 
     def __init__(self, settings: Settings, db: Database, store: DicomFileStore,
-                 active: ActiveStudies) -> None:
+                 active: ActiveStudies,
+                 on_label_intake_queued: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.store = store
         self.active = active
         self._device_uid = settings.device_uid
-        # Queue each SR stored from a peer for the label intake (node.label_intake), in
-        # the commit that registers it; the intake reads it after the C-STORE is answered.
-        self.queue_label_intake = False
-        # Called after such a commit, to wake the intake loop of this process.
-        self.on_label_intake_queued: Callable[[], None] | None = None
+        # With a label intake (node.label_intake) in this process, each SR stored from a
+        # peer is queued for it in the commit that registers it, and this wakes its loop
+        # after that commit; the intake reads it after the C-STORE is answered.
+        self.on_label_intake_queued = on_label_intake_queued
         # One registration at a time in this process; other processes are kept honest
         # by the unique constraints (an IntegrityError is retried).
         self._register_lock = threading.Lock()
@@ -225,13 +225,12 @@ class Ingest:
             self.active.hold(header.study_uid)
             held.add(header.study_uid)
         result = self._place_and_register(incoming, header, request)
-        if self._queues_label_intake(header) and result.message != _DUPLICATE \
-                and self.on_label_intake_queued is not None:
+        if self._queues_label_intake(header) and result.message != _DUPLICATE:
             self.on_label_intake_queued()
         return result
 
     def _queues_label_intake(self, header: _Header) -> bool:
-        return self.queue_label_intake and header.may_hold_labels
+        return self.on_label_intake_queued is not None and header.may_hold_labels
 
     def _read_header(self, incoming: IncomingFile) -> _Header:
         try:

@@ -74,9 +74,8 @@ class Node:
                                               LabelIntake(settings, self.db))
         if receive:
             active = ActiveStudies()
-            ingest = Ingest(settings, self.db, self.store, active)
-            ingest.queue_label_intake = True
-            ingest.on_label_intake_queued = self.label_intake.wake
+            ingest = Ingest(settings, self.db, self.store, active,
+                            on_label_intake_queued=self.label_intake.wake)
             self.listener = Listener(settings, self.db, self.store, ingest, active)
             self.completion = CompletionMonitor(self.db, active,
                                                 settings.completion.study_quiet_seconds,

@@ -5,10 +5,15 @@ PY := $(VENV)/bin/python
 CONFIG ?= config/example.yaml
 # torch and torchvision must be installed as a matching pair (see README).
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
-DEBIAN_TOOLS := dcmtk dicom3tools orthanc openssl
-TOOL_BINARIES := storescu echoscu storescp dcmconv dcmcjpls dciodvfy Orthanc openssl
+DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb openssl chromium
+TOOL_BINARIES := storescu echoscu storescp dcmconv dcmcjpls dcmp2pgm dsr2html dciodvfy Orthanc \
+	openssl chromium /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+# The web viewer of the browser test and `make demo-viewer`: OHIF's prebuilt dist from npm,
+# pinned (node/viewer.py names the same version).
+OHIF_VERSION := 3.13.2
+OHIF_DIST := var/ohif/$(OHIF_VERSION)/dist
 
-.PHONY: run test test-unit bench tools lint clean
+.PHONY: run test test-unit bench tools viewer-assets demo-viewer lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian's packages for the real DICOM peers the tests and benchmarks talk to.
 tools:
-	@missing=""; for b in $(TOOL_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	@missing=""; for b in $(TOOL_BINARIES); do command -v $$b >/dev/null 2>&1 || [ -e $$b ] || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
 	    echo "installing $(DEBIAN_TOOLS) (missing:$$missing)"; \
@@ -29,10 +34,22 @@ tools:
 	  fi; \
 	fi
 
+$(OHIF_DIST)/index.html:
+	rm -rf var/ohif/$(OHIF_VERSION) && mkdir -p var/ohif/$(OHIF_VERSION)
+	cd var/ohif/$(OHIF_VERSION) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null \
+	  && tar xzf ohif-app-$(OHIF_VERSION).tgz --strip-components=1 package/dist \
+	  && rm ohif-app-$(OHIF_VERSION).tgz
+
+viewer-assets: $(OHIF_DIST)/index.html
+
+# The demo with Orthanc + OHIF as its PACS, kept up until Ctrl-C.
+demo-viewer: $(VENV)/.installed tools viewer-assets
+	$(VENV)/bin/cxr-node demo --out var/demo --viewer
+
 run: $(VENV)/.installed
 	$(VENV)/bin/cxr-node --config $(CONFIG) serve
 
-test: $(VENV)/.installed tools
+test: $(VENV)/.installed tools viewer-assets
 	$(VENV)/bin/ruff check node model training storage config tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -26,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole loop on this machine: node, a PACS, "
                                "generated studies and a real one, results and latency")
     demo.add_argument("--out", required=True, type=Path, help="folder for the demo's files")
+    demo.add_argument("--viewer", action="store_true",
+                      help="keep the PACS (Orthanc with DICOMweb) up with OHIF in front of "
+                      "it and print where to open each study, until Ctrl-C")
+    demo.add_argument("--ohif-dist", type=Path, default=None,
+                      help="OHIF's prebuilt dist folder (default: the one `make "
+                      "viewer-assets` fetches)")
 
     labels = commands.add_parser("labels", help="radiologist labels")
     label_actions = labels.add_subparsers(dest="action", required=True)
@@ -223,11 +229,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return serve(settings)
     if args.command == "demo":
         from node.demo import run_demo
+        from node.viewer import DEFAULT_OHIF_DIST, ViewerUnavailable, check_viewer
 
+        viewer = None
+        if args.viewer:
+            try:
+                viewer = check_viewer(args.ohif_dist or DEFAULT_OHIF_DIST)
+            except ViewerUnavailable as exc:
+                return _refuse("cxr-node demo", str(exc))
         logging.getLogger().setLevel(logging.WARNING)  # the table is the demo's output
         warnings.filterwarnings("ignore", category=UserWarning, module="highdicom")
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
-        summary = run_demo(args.out)
+        summary = run_demo(args.out, viewer_dist=viewer)
         return 0 if summary["studies_with_results"] == summary["studies_sent"] else 1
     if args.command in ("labels", "retrain", "models"):
         from node import admin

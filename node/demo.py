@@ -8,6 +8,10 @@ would, waits for the results, and prints a table: study, findings with scores, l
 from the last image acknowledged to the SR stored at the PACS. What the PACS received
 is written under ``DIR/received/``, the burned-in overlays as PNG under ``DIR/previews/``;
 the last line is one JSON object.
+
+With ``--viewer`` the PACS is Orthanc with its DICOMweb plugin, the sources are stored
+there too (a modality sends to both), and OHIF is served in front of it: the demo prints
+one viewer address per study and keeps both up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -137,13 +141,18 @@ def _save_received(arrivals, out: Path) -> int:  # noqa: ANN001 - list of Arriva
     return len(arrivals)
 
 
-def run_demo(out: Path, timeout_s: float = 600.0) -> dict:
+def run_demo(out: Path, timeout_s: float = 600.0, viewer_dist: Path | None = None) -> dict:
     from node.server import Node
+    from node.viewer import dicomweb_pacs
 
     out = Path(out).resolve()
     shutil.rmtree(out / "node", ignore_errors=True)
     studies = make_studies(out / "sent")
-    pacs = OrthancPacs(out / "pacs") if OrthancPacs.available() else InboxPacs()
+    if viewer_dist is not None:
+        shutil.rmtree(out / "pacs", ignore_errors=True)  # the viewer lists this run only
+        pacs = dicomweb_pacs(out / "pacs")
+    else:
+        pacs = OrthancPacs(out / "pacs") if OrthancPacs.available() else InboxPacs()
     pacs.start()
     settings = demo_settings(out, pacs.port)
     node = Node(settings)
@@ -171,8 +180,32 @@ def run_demo(out: Path, timeout_s: float = 600.0) -> dict:
         node.stop()
     _findings(settings, studies)
     objects = _save_received(arrivals, out)
+    summary = _report(studies, objects)
+    if viewer_dist is not None:
+        _serve_viewer(pacs, studies, viewer_dist)
     pacs.stop()
-    return _report(studies, objects)
+    return summary
+
+
+def _serve_viewer(pacs: OrthancPacs, studies: list[DemoStudy], dist: Path) -> None:
+    """The sources into the PACS beside their results, OHIF in front, until Ctrl-C."""
+    from node.viewer import ViewerServer
+
+    for study in studies:
+        send_study(study, pacs.port, pacs.ae_title)
+    viewer = ViewerServer(dist, pacs.http_port).start()
+    print(f"\nOHIF on {viewer.url}/ (the study list); each study:")
+    for study in studies:
+        print(f"  {study.description:<31} {viewer.study_url(study.study_uid)}")
+    print("In OHIF, double-click the SR series (AI findings) to see the boxes; Ctrl-C stops.",
+          flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.stop()
 
 
 def _report(studies: list[DemoStudy], objects: int) -> dict:

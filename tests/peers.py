@@ -161,11 +161,12 @@ class OrthancProcess(OrthancPacs):
     """Orthanc as the demo starts it, plus what tests need: modalities it may send to,
     fsync before it answers (as cxr-node does), and its REST API."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> None:
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None,
+                 extra_config: dict | None = None) -> None:
         super().__init__(Path(workdir) / "orthanc", aet, extra_config={
             "Name": "cxr-node-test", "SyncStorageArea": True, "StorageCompression": False,
             "DicomModalities": modalities or {}, "HttpServerEnabled": True, "StableAge": 60,
-            "LogExportedResources": False})
+            "LogExportedResources": False, **(extra_config or {})})
 
     @property
     def dicom_port(self) -> int:

@@ -82,3 +82,14 @@ def test_report_audit_without_since_covers_the_last_24_hours(tmp_path):
     assert until - since == timedelta(hours=24)
     assert abs(until - now) < timedelta(minutes=5)
     assert report["security"]["by_calling_ae_title"] == {"RECENT": 1}
+
+
+def test_demo_viewer_without_ohif_names_what_to_install(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--viewer",
+                 "--ohif-dist", str(tmp_path / "no-ohif")])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert line.startswith("cxr-node demo: error: the viewer needs OHIF 3.13.2 in ")
+    assert "make viewer-assets" in line
+    assert not (tmp_path / "demo").exists()  # refused before anything started

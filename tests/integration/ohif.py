@@ -1,0 +1,89 @@
+"""OHIF in Debian's Chromium, driven by Playwright, the way a radiologist clicks through it.
+
+Chromium renders with SwiftShader here (no GPU), so every step waits on what the page
+shows, never on a fixed delay. Screenshots go to the folder the caller names.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+# As the machine's own browser probe starts it, plus SwiftShader for OHIF's WebGL.
+CHROMIUM_ARGS = ["--no-sandbox", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--use-angle=swiftshader",
+                 "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+STEP_TIMEOUT_MS = 60_000
+SR_TITLE = "AI findings (cxr-node)"  # node.reporting's SR Series Description
+SC_TITLE = "AI findings burned-in"
+
+
+def browser_missing() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if shutil.which(CHROMIUM) is None:
+        return f"{CHROMIUM} is not installed (Debian: chromium; `make tools`)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (`make test` installs .[test])"
+    return None
+
+
+@contextmanager
+def chromium_page(screenshots: Path) -> Iterator[OhifPage]:
+    from playwright.sync_api import sync_playwright
+
+    screenshots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            yield OhifPage(page, screenshots)
+        finally:
+            browser.close()
+
+
+class OhifPage:
+    def __init__(self, page, screenshots: Path) -> None:  # noqa: ANN001 - playwright Page
+        self.page = page
+        self.screenshots = screenshots
+        self.console: list[str] = []
+        page.on("console", lambda message: self.console.append(message.text))
+
+    def shot(self, name: str) -> Path:
+        path = self.screenshots / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
+    def open_study(self, url: str) -> None:
+        """The study in OHIF's viewer, its first image drawn, the first-visit tour closed."""
+        self.page.goto(url)
+        self.page.get_by_text("Skip all").click()  # the tour shows once the image is up
+
+    def open_series(self, title: str) -> None:
+        """Double-click a series in the study browser: it fills the active viewport."""
+        self.page.get_by_text(title, exact=False).first.dblclick()
+
+    def overlay_labels(self, count: int) -> list[str]:
+        """The texts drawn over the image once at least ``count`` are there."""
+        script = "els => els.map(e => e.textContent.trim()).filter(t => t)"
+        self.page.wait_for_function(
+            f"document.querySelectorAll('.viewport-element svg text, svg text').length >= "
+            f"{count}")
+        return self.page.locator("svg text").evaluate_all(script)
+
+    def track_measurements(self) -> str:
+        """Answer "Yes" to tracking, open the measurement panel, return its text once it
+        lists ``Measurements (n)``."""
+        self.page.get_by_text("continue tracking measurements").wait_for()
+        self.page.get_by_role("button", name="Yes").click()
+        self.page.locator('[data-cy="trackedMeasurements-btn"]').click()
+        panel = self.page.get_by_text(re.compile(r"Measurements \(\d+\)"))
+        panel.wait_for()
+        return self.page.inner_text("body")

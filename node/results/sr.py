@@ -3,8 +3,10 @@
 IHE AI Results (AIR) carries image findings as a TID 1500 report in a Comprehensive 3D SR;
 a PACS that does not store Comprehensive 3D SR gets the same tree in a Comprehensive SR,
 which allows the 2D SCOORD we use (PS3.3 A.35.3, A.35.13). Each finding is a TID 1410 planar
-ROI group: tracking identifier and UID, finding type, finding site, TID 4019 algorithm
-identification, the box as a closed POLYLINE on its image, and the probability.
+ROI group: tracking identifier and UID, finding type, TID 4019 algorithm identification, the
+box as a closed POLYLINE on its image, the probability as a NUM and the same statement as a
+TEXT comment. Where each item sits is chosen for what viewers read (OHIF 3.13 in particular);
+docs/sr-for-viewers.md traces every choice to the viewer's code and to PS3.16.
 
 A study where the model found nothing, or which it did not read, still gets a report that
 says so in words (a TID 1501 group with a coded CAD summary and a TEXT comment): an absent
@@ -22,6 +24,7 @@ from highdicom.sr import (
     CodedConcept,
     Comprehensive3DSR,
     ComprehensiveSR,
+    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     GraphicTypeValues,
@@ -58,12 +61,14 @@ from node.results.common import (
 # names a chest radiograph whatever its views; LOINC 36643-5 "XR Chest 2V" or 24648-8
 # "XR Chest PA upright" would claim views or a position that a single AP image lacks.
 PROCEDURE_REPORTED = CodedConcept("399208008", "SCT", "Plain chest X-ray")
-# The issue asks for the probability as DCM 122157; PS3.16 Table D-1 (and pydicom's
-# dictionary, built from it) defines DCM 122157 as "Probability", in no context group, so
-# it fits a TID 300 NUM. The CAD-specific alternative would be DCM 111012 "Certainty of
-# Finding" (CID 6048, mammography/chest CAD SR).
+# DCM 122157 "Probability" (PS3.16 Table D-1, in no context group). It is the NUM's
+# Derivation (TID 1419 row 8; CID 7464 is extensible), not its concept name: OHIF labels a box
+# with the NUM's concept name, so the NUM is named by the finding ("Nodule: 41.00 %"), and
+# Derivation plus "Equivalent Meaning of Concept Name" (row 18) say that the number is the
+# probability of that finding.
 PROBABILITY = CodedConcept("122157", "DCM", "Probability")
 PERCENT = codes.UCUM.Percent
+EQUIVALENT_MEANING = codes.DCM.EquivalentMeaningOfConceptName  # DCM 121050
 # CAD Processing and Findings Summary (CID 6047), as the CAD SR templates state it.
 CAD_SUMMARY = CodedConcept("111017", "DCM", "CAD Processing and Findings Summary")
 RAN_WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings  # DCM 111241
@@ -158,23 +163,45 @@ def _algorithm_id(algorithm: Algorithm) -> AlgorithmIdentification:
 
 def _finding_group(item: ImageFinding, source: Dataset, algorithm: Algorithm,
                    number: int) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 for one box; the SCOORD POLYLINE is closed by repeating its first point."""
+    """TID 1410 for one box, shaped so that viewers name the finding (docs/sr-for-viewers.md).
+
+    - The NUM (TID 1419 row 5) is named by the finding's code: OHIF draws each NUM beside the
+      box as "<concept name>: <value> <unit>", and reads no other item there but the Finding
+      Site, which it shows as "363698007: <site>". So the site moves from the group (TID 1410)
+      under the NUM (TID 1419 row 9), where OHIF does not print it.
+    - The NUM is INFERRED FROM the same closed box (TID 320 SCOORD; TID 1419 is extensible):
+      OHIF's tracking adapter takes the region from the first NUM and fails without it.
+    - A TEXT Comment (DCM 121106, "Nodule 41%") in the group: the label that OHIF's adapter
+      reads for a tracked measurement, and what Cornerstone itself writes there.
+    """
     finding = item.finding
+    name = CodedConcept(finding.code, finding.scheme, finding.meaning)
     site = FINDING_SITES.get((finding.scheme, finding.code))
-    region = ImageRegion(
-        graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=closed_box(item.box),
-        source_image=SourceImageForRegion.from_source_image(source),
-    )
-    return PlanarROIMeasurementsAndQualitativeEvaluations(
+    box = closed_box(item.box)
+    probability = Measurement(name=name, value=item.percent, unit=PERCENT, derivation=PROBABILITY,
+                              finding_sites=[FindingSite(site)] if site is not None else None)
+    group = PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=hd.UID(),
                                                identifier=f"{finding.label} {number}"),
-        referenced_region=region,
-        finding_type=CodedConcept(finding.code, finding.scheme, finding.meaning),
+        referenced_region=ImageRegion(
+            graphic_type=GraphicTypeValues.POLYLINE, graphic_data=box,
+            source_image=SourceImageForRegion.from_source_image(source)),
+        finding_type=name,
         algorithm_id=_algorithm_id(algorithm),
-        finding_sites=[FindingSite(site)] if site is not None else None,
-        measurements=[Measurement(name=PROBABILITY, value=item.percent, unit=PERCENT)],
+        measurements=[probability],
     )
+    # highdicom refuses coordinates under a TID 1410 NUM, so they are appended once built.
+    num = next(c for c in group[0].ContentSequence if c.ValueType == "NUM")
+    num.ContentSequence.extend([
+        TextContentItem(name=EQUIVALENT_MEANING, value=f"Probability of {finding.meaning}",
+                        relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD),
+        CoordinatesForMeasurement(graphic_type=GraphicTypeValues.POLYLINE, graphic_data=box,
+                                  source_image=SourceImageForRegion.from_source_image(source)),
+    ])
+    group[0].ContentSequence.append(
+        TextContentItem(name=COMMENT, value=item.label,
+                        relationship_type=RelationshipTypeValues.CONTAINS))
+    return group
 
 
 def _summary_group(sources: list[Dataset], algorithm: Algorithm, identifier: str,

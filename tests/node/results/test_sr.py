@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from node.results import ImageFinding, build_measurement_report, build_not_analysed_report
@@ -57,19 +59,55 @@ def assert_common_header(sr, source, sop_class: str) -> None:
     assert evidence.StudyInstanceUID == source.StudyInstanceUID
 
 
+def children(item, value_type: str | None = None) -> list:
+    return [c for c in item.get("ContentSequence", [])
+            if value_type is None or c.ValueType == value_type]
+
+
+def concept(item) -> tuple[str, str]:
+    name = item.ConceptNameCodeSequence[0]
+    return name.CodingSchemeDesignator, name.CodeValue
+
+
+def ohif_box_lines(group) -> list[str]:
+    """The text OHIF 3.13 draws beside an SR box before tracking: each NUM of the group as
+    "meaning: value unit" (two decimals) and a Finding Site as "363698007: meaning", at most
+    five lines (extensions/cornerstone-dicom-sr: getSopClassHandlerModule
+    _processTID1410Measurement, DICOMSRDisplayTool _getTextBoxLinesFromLabels)."""
+    lines = []
+    for num in children(group, "NUM"):
+        value = num.MeasuredValueSequence[0]
+        lines.append(f"{num.ConceptNameCodeSequence[0].CodeMeaning}: "
+                     f"{float(value.NumericValue):.2f} "
+                     f"{value.MeasurementUnitsCodeSequence[0].CodeValue}")
+    sites = [c for c in children(group) if concept(c) == ("SCT", "363698007")]
+    if sites:
+        lines.append(f"363698007: {sites[0].ConceptCodeSequence[0].CodeMeaning}")
+    return lines[:5]
+
+
+def ohif_tracked(group) -> tuple[object, str | None]:
+    """(region, label) as OHIF 3.13 tracks a group (@cornerstonejs/adapters
+    MeasurementReport.getSetupMeasurementData): the SCOORD under the first NUM, or the
+    group's own only when it has no NUM ("No spatial coordinates group found" otherwise);
+    the label from the group's Comment TEXT (getCornerstoneLabelFromDefaultState)."""
+    nums = children(group, "NUM")
+    regions = children(nums[0] if nums else group, "SCOORD")
+    assert regions, "OHIF: Unable to generate tool state ... No spatial coordinates group found"
+    comments = [c for c in children(group, "TEXT") if concept(c) == ("DCM", "121106")]
+    return regions[0], comments[0].TextValue if comments else None
+
+
 def assert_finding_groups(sr, findings: list[ImageFinding]) -> None:
     groups = named(sr, "125007")  # Measurement Group
     assert len(groups) == len(findings)
     for group, finding in zip(groups, findings, strict=True):
+        code = (finding.finding.scheme, finding.finding.code)
         finding_type = one(group, "121071").ConceptCodeSequence[0]
-        assert (finding_type.CodingSchemeDesignator, finding_type.CodeValue) == (
-            finding.finding.scheme, finding.finding.code)
+        assert (finding_type.CodingSchemeDesignator, finding_type.CodeValue) == code
         assert one(group, "112039").TextValue.startswith(finding.finding.label)
         assert one(group, "111001").TextValue == ALGORITHM.name
         assert one(group, "111003").TextValue == ALGORITHM.version
-        probability = one(group, "122157").MeasuredValueSequence[0]
-        assert float(probability.NumericValue) == pytest.approx(round(finding.score * 100, 1))
-        assert probability.MeasurementUnitsCodeSequence[0].CodeValue == "%"
         region = one(group, "111030")  # Image Region
         assert region.GraphicType == "POLYLINE"
         x1, y1, x2, y2 = finding.box
@@ -77,6 +115,28 @@ def assert_finding_groups(sr, findings: list[ImageFinding]) -> None:
             [x1, y1, x2, y1, x2, y2, x1, y2, x1, y1])
         source_image = region.ContentSequence[0].ReferencedSOPSequence[0]
         assert source_image.ReferencedSOPInstanceUID == finding.source_sop_instance_uid
+        # The probability: one NUM named by the finding, derived as DCM 122157 Probability.
+        [num] = children(group, "NUM")
+        assert concept(num) == code
+        value = num.MeasuredValueSequence[0]
+        assert float(value.NumericValue) == pytest.approx(round(finding.score * 100, 1))
+        assert value.MeasurementUnitsCodeSequence[0].CodeValue == "%"
+        derivation = one(num, "121401").ConceptCodeSequence[0]
+        assert (derivation.CodingSchemeDesignator, derivation.CodeValue) == ("DCM", "122157")
+        assert one(num, "121050").TextValue == f"Probability of {finding.finding.meaning}"
+        # The NUM is INFERRED FROM the group's own box on the same image (TID 320).
+        [num_region] = children(num, "SCOORD")
+        assert num_region.RelationshipType == "INFERRED FROM"
+        assert num_region.GraphicType == region.GraphicType
+        assert list(num_region.GraphicData) == list(region.GraphicData)
+        assert (num_region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                == finding.source_sop_instance_uid)
+        # What OHIF 3.13 shows: the name and probability, before and after tracking.
+        assert ohif_box_lines(group) == [f"{finding.finding.meaning}: "
+                                         f"{round(finding.score * 100, 1):.2f} %"]
+        tracked_region, label = ohif_tracked(group)
+        assert tracked_region is num_region
+        assert label == finding.label  # e.g. "Nodule 63%"
 
 
 @pytest.mark.parametrize(("comprehensive_3d", "sop_class"),
@@ -107,6 +167,21 @@ def test_report_on_the_real_chest_cr(rg1, write_verified):
     assert library_uids(sr) == [source.SOPInstanceUID]
     sites = [item.ConceptCodeSequence[0].CodeValue for item in named(sr, "363698007", "SCT")]
     assert sites == ["39607008", "80891009"]  # nodule in the lung, cardiomegaly at the heart
+    for group in named(sr, "125007"):  # under the NUM, where OHIF prints no raw code
+        assert [c for c in children(group) if concept(c) == ("SCT", "363698007")] == []
+
+
+def test_report_reads_as_text_in_dsr2html(rg1, write_verified, tool):
+    source, findings = rg1
+    sr = write_verified(build_measurement_report([source], findings, DEVICE, ALGORITHM), "html")
+
+    result = subprocess.run([tool("dsr2html"), sr.filename], capture_output=True, text=True,
+                            timeout=120, check=True)
+
+    html = result.stdout
+    for text in ("Nodule", "63.4 %", "Nodule 63%", "Probability of Nodule", "Lung",
+                 "Cardiomegaly", "91.0 %", "Cardiomegaly 91%"):
+        assert text in html, f"{text!r} missing from dsr2html output"
 
 
 def test_image_library_lists_every_source_and_regions_name_their_own_image(
@@ -154,7 +229,8 @@ def test_not_analysed_report_says_why(phantom, write_verified, comprehensive_3d,
     assert sr.SeriesDescription == SeriesDescription.NOT_ANALYSED
     assert one(sr, "121106").TextValue == "Not analysed: image is a lateral view"
     assert one(sr, "111017").ConceptCodeSequence[0].CodeValue == "111245"
-    assert named(sr, "122157") == []  # no probability anywhere
+    group = one(sr, "125007")
+    assert [item for item in content_items(group) if item.ValueType in ("NUM", "SCOORD")] == []
 
 
 def test_new_report_references_its_predecessor(phantom, write_verified):

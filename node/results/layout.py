@@ -9,9 +9,11 @@ nothing fits there (see below).
 The rule, in the order it is tried:
 
 1. Each finding's full label ("Nodule 41%") just outside its box, at most one label height
-   away: above (left-aligned with the box), below, left, right, nearest first.
-2. Where that is taken (crowded boxes, a box at the edge), a numbered tag ("1") at the free
-   spot nearest the box, and a legend line "1 Nodule 41%" in a free area, nearest a corner.
+   away: above (left-aligned with the box), below, left, right, nearest first; and nearer
+   its own box than any other by a label height, or it would read as the other's label.
+2. Where no such spot is free (crowded boxes, a box at the edge), a numbered tag ("1") at
+   the free spot nearest the box, and a legend line "1 Nodule 41%" in a free area nearest
+   a corner of the image.
 3. Where no free area holds the legend (boxes filling the image), the canvas grows by a
    strip on the right that holds it; a finding for which no tag fits anywhere is listed in
    the legend without a number.

@@ -13,6 +13,7 @@ of these lines, so a series with a repeat exposure of another size still gets it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +46,8 @@ from node.results.common import (
     copy_body_part,
     stamp_device,
 )
-from node.results.overlay import BOX_COLOUR
+from node.results.layout import Tag
+from node.results.overlay import BOX_COLOUR, label_layout
 
 LAYER_NAME = "AI FINDINGS"  # Graphic Layer (0070,0002) is a CS: capitals, digits, space, _
 LAYER_DESCRIPTION = "Boxes and probabilities of the AI detector"
@@ -94,6 +96,8 @@ def build_presentation_state(
 ) -> Dataset:
     """A GSPS referencing every image of one source series, with a closed POLYLINE box and a
     text label per finding in the layer "AI FINDINGS"; the VOI window comes from the images.
+    Labels, numbered tags and legend lines lie where the burned-in Secondary Capture draws
+    them (:func:`node.results.overlay.label_layout`), outside every box.
 
     Raises
     ------
@@ -124,19 +128,24 @@ def build_presentation_state(
                          "presentation_groups()")
     layer = GraphicLayer(LAYER_NAME, order=1, description=LAYER_DESCRIPTION,
                          display_color=CIELabColor.from_rgb(*BOX_COLOUR))
-    annotations = []
-    for ds in sources:
-        mine = [item for item in findings if item.source_sop_instance_uid == ds.SOPInstanceUID]
-        if mine:
-            annotations.append(GraphicAnnotation(
-                referenced_images=[ds],
-                graphic_layer=layer,
-                graphic_objects=[
-                    GraphicObject(GraphicTypeValues.POLYLINE, closed_box(item.box),
-                                  AnnotationUnitsValues.PIXEL)
-                    for item in mine],
-                text_objects=[_label(item, ds) for item in mine],
-            ))
+    mine = {str(ds.SOPInstanceUID): [item for item in findings
+                                     if item.source_sop_instance_uid == ds.SOPInstanceUID]
+            for ds in sources}
+    layouts = {str(ds.SOPInstanceUID): label_layout(
+        ds.Columns, ds.Rows, [item.box for item in mine[str(ds.SOPInstanceUID)]],
+        [item.label for item in mine[str(ds.SOPInstanceUID)]]) for ds in sources}
+    # One displayed area serves every image: wide enough for the widest legend strip.
+    canvas = tuple(max(math.ceil(layout.canvas[axis]) for layout in layouts.values())
+                   for axis in (0, 1))
+    annotations = [
+        GraphicAnnotation(
+            referenced_images=[ds],
+            graphic_layer=layer,
+            graphic_objects=[GraphicObject(GraphicTypeValues.POLYLINE, closed_box(item.box),
+                                           AnnotationUnitsValues.PIXEL)
+                             for item in mine[str(ds.SOPInstanceUID)]],
+            text_objects=[_text(tag, ds, canvas) for tag in layouts[str(ds.SOPInstanceUID)].tags])
+        for ds in sources if mine[str(ds.SOPInstanceUID)]]
     description = f"AI findings of {algorithm.name} {algorithm.version}"
     gsps = GrayscaleSoftcopyPresentationState(
         referenced_images=sources,
@@ -157,27 +166,27 @@ def build_presentation_state(
             presentation_lut_shape=LUT_SHAPES[Photometric(photometrics[0])]),
         series_description=str(SeriesDescription.PRESENTATION_STATE),
     )
+    if canvas != (sources[0].Columns, sources[0].Rows):
+        # PS3.3 C.10.4: the legend strip beside the image, as the Secondary Capture has it.
+        gsps.DisplayedAreaSelectionSequence[0].DisplayedAreaBottomRightHandCorner = list(canvas)
     copy_body_part(gsps, sources[0])
     stamp_device(gsps, device)
     return gsps
 
 
-def _label(item: ImageFinding, image: Dataset) -> TextObject:
-    """The label in a bounding box just above the box (inside it when the box touches the
-    top edge), sized like the burned-in label: 1/50 of the image's longer side, so a viewer
-    that fits the text to the box draws it at a readable size."""
-    rows, columns = float(image.Rows), float(image.Columns)
-    height = min(rows, max(12.0, max(rows, columns) / 50.0))
-    width = min(columns, 0.6 * height * len(item.label))
-    x1, y1 = float(item.box[0]), float(item.box[1])
-    top = y1 - height if y1 >= height else y1
-    top = min(top, rows - height)
-    left = min(x1, columns - width)
-    return TextObject(
-        text_value=item.label,
-        units=AnnotationUnitsValues.PIXEL,
-        bounding_box=(left, top, left + width, top + height),
-        anchor_point=(x1, y1),
-        anchor_point_visible=False,
-        text_justification=TextJustificationValues.LEFT,
-    )
+def _text(tag: Tag, image: Dataset, canvas: tuple[int, int]) -> TextObject:
+    """A label, numbered tag or legend line in the bounding box :func:`label_layout` gave it,
+    in PIXEL units, without an anchor point (the box itself points at the finding).
+
+    PIXEL coordinates must lie on the image (PS3.3 C.10.5; highdicom refuses others), so a
+    line of a legend strip beside it is in DISPLAY units: a fraction of the displayed area,
+    which then spans the image and the strip."""
+    x1, y1, x2, y2 = tag.rect
+    if x2 <= image.Columns and y2 <= image.Rows:
+        units, box = AnnotationUnitsValues.PIXEL, (x1, y1, x2, y2)
+    else:
+        width, height = canvas
+        units, box = AnnotationUnitsValues.DISPLAY, (x1 / width, y1 / height,
+                                                     x2 / width, y2 / height)
+    return TextObject(text_value=tag.text, units=units, bounding_box=box,
+                      text_justification=TextJustificationValues.LEFT)

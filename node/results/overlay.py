@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from model.preprocess import pixels_for_display
 from node.results.common import ImageFinding, check_findings
+from node.results.layout import Layout, font_px, layout_labels
 
 MAX_SIDE = 2048  # longest side of a rendering; a 3000 px plate is halved, bytes quartered
 BOX_COLOUR = (255, 200, 0)  # amber: not a grey level, visible on black and on white
@@ -44,13 +45,74 @@ def render_display(source: Dataset, *, max_side: int = MAX_SIDE) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def label_font(width: int, height: int) -> ImageFont.FreeTypeFont:
+    """The label font for an image of this size (:func:`node.results.layout.font_px`)."""
+    return ImageFont.load_default(size=font_px(width, height))
+
+
+def _tag_padding(font: ImageFont.FreeTypeFont) -> int:
+    return max(2, round(font.size / 8))
+
+
+def _text_band(font: ImageFont.FreeTypeFont) -> tuple[int, int]:
+    """Top and bottom of ink over ascenders, digits and descenders, so every tag of one
+    font has the same height whatever its letters."""
+    _, top, _, bottom = font.getbbox("Ay%0|")
+    return top, bottom
+
+
+def label_layout(width: int, height: int, boxes: Sequence[Sequence[float]],
+                 labels: Sequence[str]) -> Layout:
+    """Labels laid out on an image of ``width`` x ``height`` pixels in the font this module
+    draws, by :func:`node.results.layout.layout_labels`: the one call that the burned-in
+    Secondary Capture and the GSPS share, so their labels agree."""
+    font = label_font(width, height)
+    pad = _tag_padding(font)
+    top, bottom = _text_band(font)
+
+    def measure(text: str) -> tuple[int, int]:
+        return math.ceil(font.getlength(text)) + 2 * pad, bottom - top + 2 * pad
+
+    gap = max(2, round(font.size / 6))
+    return layout_labels(width, height, [tuple(box) for box in boxes], labels, measure, gap)
+
+
+def _outlines(source: Dataset, findings: Sequence[ImageFinding],
+              shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Each box as the first and last (column, row) pixels it covers in a rendering of
+    ``shape``: the outline is drawn on them, inwards from the box's edge."""
+    rows, columns = shape
+    scale_x, scale_y = columns / source.Columns, rows / source.Rows
+    outlines = []
+    for item in findings:
+        x1, y1, x2, y2 = item.box
+        left = min(columns - 1, math.floor(x1 * scale_x))
+        top = min(rows - 1, math.floor(y1 * scale_y))
+        right = max(left, min(columns - 1, math.ceil(x2 * scale_x) - 1))
+        bottom = max(top, min(rows - 1, math.ceil(y2 * scale_y) - 1))
+        outlines.append((left, top, right, bottom))
+    return outlines
+
+
+def overlay_layout(source: Dataset, findings: Sequence[ImageFinding], *,
+                   max_side: int = MAX_SIDE) -> Layout:
+    """Where :func:`render_overlay` puts the labels, in the pixels of its rendering."""
+    findings = check_findings([source], findings)
+    rows, columns = output_shape(source.Rows, source.Columns, max_side)
+    outlines = _outlines(source, findings, (rows, columns))
+    return label_layout(columns, rows, [(x1, y1, x2 + 1, y2 + 1) for x1, y1, x2, y2 in outlines],
+                        [item.label for item in findings])
+
+
 def render_overlay(source: Dataset, findings: Sequence[ImageFinding], *,
                    max_side: int = MAX_SIDE) -> np.ndarray:
     """The displayed source as (rows, columns, 3) uint8 RGB with each finding's box outlined
     and labelled ("Pneumothorax 87%"); ``Image.fromarray`` of it writes a PNG preview.
 
     Boxes are in source pixel coordinates ((0, 0) the top-left corner of the first pixel);
-    the outline covers the pixels the box covers, drawn inwards from its edge.
+    the outline covers the pixels the box covers, drawn inwards from its edge, and labels lie
+    outside every box (:func:`label_layout`). When the boxes leave no room for the legend,
+    the result is wider than the image by a black strip on the right that holds it.
 
     Raises
     ------
@@ -59,53 +121,20 @@ def render_overlay(source: Dataset, findings: Sequence[ImageFinding], *,
     """
     findings = check_findings([source], findings)
     grey = render_display(source, max_side=max_side)
-    image = Image.fromarray(grey).convert("RGB")
     rows, columns = grey.shape
-    scale_x, scale_y = columns / source.Columns, rows / source.Rows
-    line_width = max(2, round(max(rows, columns) / 400))
-    font_size = max(12, round(max(rows, columns) / 50))
-    font = ImageFont.load_default(size=font_size)
+    layout = overlay_layout(source, findings, max_side=max_side)
+    canvas_width, canvas_height = (math.ceil(v) for v in layout.canvas)
+    image = Image.new("RGB", (canvas_width, canvas_height))
+    image.paste(Image.fromarray(grey).convert("RGB"))
     draw = ImageDraw.Draw(image)
-    placed: list[tuple[int, int, int, int]] = []
-    for item in findings:
-        x1, y1, x2, y2 = item.box
-        left = min(columns - 1, math.floor(x1 * scale_x))
-        top = min(rows - 1, math.floor(y1 * scale_y))
-        right = max(left, min(columns - 1, math.ceil(x2 * scale_x) - 1))
-        bottom = max(top, min(rows - 1, math.ceil(y2 * scale_y) - 1))
-        draw.rectangle((left, top, right, bottom), outline=BOX_COLOUR, width=line_width)
-        _draw_label(draw, item.label, font, (left, top), line_width, (rows, columns), placed)
+    line_width = max(2, round(max(rows, columns) / 400))
+    for outline in _outlines(source, findings, (rows, columns)):
+        draw.rectangle(outline, outline=BOX_COLOUR, width=line_width)
+    font = label_font(columns, rows)
+    pad = _tag_padding(font)
+    text_top, _ = _text_band(font)
+    for tag in layout.tags:
+        x1, y1, x2, y2 = (round(v) for v in tag.rect)
+        draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=BOX_COLOUR)
+        draw.text((x1 + pad, y1 + pad - text_top), tag.text, fill=TEXT_COLOUR, font=font)
     return np.asarray(image, dtype=np.uint8)
-
-
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
-
-
-def _draw_label(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont,
-                corner: tuple[int, int], line_width: int, shape: tuple[int, int],
-                placed: list[tuple[int, int, int, int]]) -> None:
-    """A filled tag above the box's top-left corner, or just inside the box when the box
-    touches the top of the image; shifted left when it would leave the image, and moved
-    up (or down) past tags already ``placed``, so that nearby findings stay readable."""
-    rows, columns = shape
-    text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), text, font=font)
-    pad = max(1, line_width)
-    width = text_right - text_left + 2 * pad
-    height = text_bottom - text_top + 2 * pad
-    x, y = corner
-    y = y - height if y - height >= 0 else y + line_width
-    x = max(0, min(x, columns - width))
-    y = max(0, min(y, rows - height))
-    for step in range(len(placed) + 1):
-        for candidate in (y - step * height, y + step * height):
-            tag = (x, candidate, x + width - 1, candidate + height - 1)
-            if 0 <= candidate <= rows - height and not any(_overlaps(tag, p) for p in placed):
-                y = candidate
-                break
-        else:
-            continue
-        break
-    placed.append((x, y, x + width - 1, y + height - 1))
-    draw.rectangle((x, y, x + width - 1, y + height - 1), fill=BOX_COLOUR)
-    draw.text((x + pad - text_left, y + pad - text_top), text, fill=TEXT_COLOUR, font=font)

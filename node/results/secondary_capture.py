@@ -2,7 +2,8 @@
 
 The pixels are the displayed source (window applied, MONOCHROME1 inverted) with the boxes and
 labels of :func:`node.results.overlay.render_overlay`, in 8-bit RGB so the amber boxes stand
-apart from every grey level. Sources longer than 2048 px on a side are shrunk to 2048 px:
+apart from every grey level; where the boxes leave no room for the legend, the image is
+widened by a strip that holds it. Sources longer than 2048 px on a side are shrunk to 2048 px:
 enough to see where a finding is, which is all this image is for; it says so in its Series
 Description and Burned In Annotation YES (PS3.3 C.7.6.1.1.4) tells any de-identifier
 that text is in the pixels.
@@ -28,7 +29,7 @@ from node.results.common import (
     copy_body_part,
     stamp_device,
 )
-from node.results.overlay import MAX_SIDE, render_overlay
+from node.results.overlay import MAX_SIDE, output_shape, render_overlay
 
 # highdicom requires an orientation for a PATIENT image before it copies the source's own.
 _PLACEHOLDER_ORIENTATION = ("L", "F")
@@ -56,7 +57,7 @@ def build_secondary_capture(
     check_producer(device, algorithm)
     findings = check_findings([source], findings_on_this_image)
     pixels = render_overlay(source, findings, max_side=MAX_SIDE)
-    rows, columns = pixels.shape[:2]
+    rows, columns = output_shape(source.Rows, source.Columns)  # the image, less any strip
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
@@ -85,6 +86,7 @@ def build_secondary_capture(
         f"Displayed source pixels (VOI window applied, MONOCHROME1 inverted) with the boxes "
         f"and probabilities of {algorithm.name} {algorithm.version} burned in"
         + (f"; downsampled from {source.Columns} x {source.Rows}" if shrunk else "")
+        + ("; legend in a strip on the right" if pixels.shape[1] > columns else "")
     )
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID

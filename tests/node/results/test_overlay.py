@@ -8,7 +8,7 @@ from PIL import Image
 
 from model.preprocess import pixels_for_display
 from node.results import ImageFinding, render_overlay
-from node.results.overlay import BOX_COLOUR, output_shape
+from node.results.overlay import BOX_COLOUR, output_shape, overlay_layout
 from tests.node.results.conftest import FINDINGS
 
 
@@ -41,10 +41,10 @@ def test_label_reads_as_text_on_the_tag(phantom):
 
     pixels = render_overlay(source, [finding])
 
-    above = (pixels[:100] == BOX_COLOUR).all(axis=-1)  # the tag sits above the box
+    above = (pixels[:100] == BOX_COLOUR).all(axis=-1)  # the tag sits just above the box
     rows, columns = np.nonzero(above)
-    assert rows.max() == 99 and columns.min() == 100
-    tag = pixels[rows.min():100, 100:columns.max() + 1]
+    assert 90 <= rows.max() < 100 - 1 and columns.min() == 100  # a gap, then the box
+    tag = pixels[rows.min():rows.max() + 1, 100:columns.max() + 1]
     assert tag.shape[0] >= 12 and tag.shape[1] >= 6 * len(finding.label)
     assert (tag.max(axis=-1) < 80).sum() > 20  # dark text on the amber tag
 
@@ -65,16 +65,46 @@ def test_refuses_findings_of_another_image(phantom):
         render_overlay(source, [stray])
 
 
-def test_labels_of_nearby_findings_do_not_cover_each_other():
-    from PIL import Image, ImageDraw, ImageFont
+def test_crowded_labels_leave_every_box_as_it_was(rg1):
+    """The reported case on the real CR: a Mass with Atelectasis just below and a small
+    nodule beside it. Inside each box, only box outlines change: no label is drawn there."""
+    source, _ = rg1
+    uid = source.SOPInstanceUID
+    findings = [ImageFinding(uid, FINDINGS["Mass"], 0.72, (1000.0, 500.0, 1300.0, 800.0)),
+                ImageFinding(uid, FINDINGS["Atelectasis"], 0.55, (950.0, 820.0, 1350.0, 1000.0)),
+                ImageFinding(uid, FINDINGS["Nodule"], 0.41, (1310.0, 560.0, 1350.0, 600.0)),
+                ImageFinding(uid, FINDINGS["Infiltration"], 0.66, (300.0, 400.0, 900.0, 1200.0))]
 
-    from node.results.overlay import _draw_label, _overlaps
+    pixels = render_overlay(source, findings)
 
-    draw = ImageDraw.Draw(Image.new("RGB", (400, 400)))
-    font = ImageFont.load_default(size=14)
-    placed: list[tuple[int, int, int, int]] = []
-    for text in ("Nodule 8%", "Nodule 6%", "Nodule 5%"):  # three boxes at one spot
-        _draw_label(draw, text, font, (200, 200), 2, (400, 400), placed)
+    changed = np.any(pixels != render_overlay(source, []), axis=-1)
+    outlines = np.zeros_like(changed)
+    width = max(2, round(max(pixels.shape[:2]) / 400))
+    for finding in findings:
+        x1, y1, x2, y2 = (int(v) for v in finding.box)
+        outlines[y1:y2, x1:x2] = True
+        outlines[y1 + width:y2 - width, x1 + width:x2 - width] = False
+    for finding in findings:
+        x1, y1, x2, y2 = (int(v) for v in finding.box)
+        inside = changed[y1:y2, x1:x2] & ~outlines[y1:y2, x1:x2]
+        assert not inside.any(), f"a label is drawn inside the {finding.finding.label} box"
+    tags = overlay_layout(source, findings).tags
+    assert [tag.text for tag in tags] == [finding.label for finding in findings]
+    for tag in tags:  # and each label is drawn where the layout put it
+        x1, y1, x2, y2 = (round(v) for v in tag.rect)
+        assert (pixels[y1:y2, x1:x2] == BOX_COLOUR).all(axis=-1).mean() > 0.5
 
-    assert len(placed) == 3
-    assert not any(_overlaps(a, b) for i, a in enumerate(placed) for b in placed[i + 1:])
+
+def test_box_over_the_whole_image_widens_the_rendering_by_a_legend_strip(phantom):
+    source, _ = phantom
+    whole = ImageFinding(source.SOPInstanceUID, FINDINGS["Cardiomegaly"], 0.91,
+                         (0.0, 0.0, float(source.Columns), float(source.Rows)))
+
+    pixels = render_overlay(source, [whole])
+
+    assert pixels.shape[0] == source.Rows and pixels.shape[1] > source.Columns
+    strip = pixels[:, source.Columns:]
+    assert (strip == BOX_COLOUR).all(axis=-1).any()  # the legend line's tag
+    plain = render_overlay(source, [])
+    rows, columns = slice(4, source.Rows - 4), slice(4, source.Columns - 4)
+    assert np.array_equal(pixels[rows, columns], plain[rows, columns])  # inside the outline

@@ -10,8 +10,9 @@ import pydicom
 import pytest
 
 from model.phantom import synthesize_case
-from node.results import build_secondary_capture, render_overlay
-from tests.node.results.conftest import ALGORITHM, DEVICE, SEED, findings_of
+from node.results import ImageFinding, build_secondary_capture, render_overlay
+from node.results.overlay import overlay_layout
+from tests.node.results.conftest import ALGORITHM, DEVICE, FINDINGS, SEED, findings_of
 
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -24,29 +25,22 @@ def outline(box, scale: tuple[float, float]) -> tuple[int, int, int, int]:
             math.ceil(x2 * scale_x) - 1, math.ceil(y2 * scale_y) - 1)
 
 
-def far_from_boxes(shape, findings, scale: tuple[float, float]) -> np.ndarray:
-    """Pixels that neither a box nor its label can reach: a label is at most two font sizes
-    high, one font size per character wide (a generous bound), above or inside the box."""
-    font = max(12, max(shape[:2]) / 50)
-    mask = np.ones(shape[:2], dtype=bool)
-    for finding in findings:
-        left, top, right, bottom = outline(finding.box, scale)
-        reach = math.ceil(font * len(finding.label))
-        mask[max(0, top - math.ceil(2 * font)):bottom + 1,
-             max(0, left - reach):max(right, left + reach) + 1] = False
-    return mask
-
-
-def assert_burned_in(pixels, plain, findings, scale: tuple[float, float] = (1.0, 1.0)) -> None:
-    changed = np.any(pixels != plain, axis=-1)
+def assert_burned_in(pixels, plain, source, findings,
+                     scale: tuple[float, float] = (1.0, 1.0)) -> None:
+    """Every outline drawn, and nothing changed but outlines and the labels' tags."""
+    changed = np.any(pixels[:plain.shape[0], :plain.shape[1]] != plain, axis=-1)
+    drawn = np.zeros_like(changed)
     for finding in findings:
         left, top, right, bottom = outline(finding.box, scale)
         ring = np.concatenate([changed[top, left:right + 1], changed[bottom, left:right + 1],
                                changed[top:bottom + 1, left], changed[top:bottom + 1, right]])
         assert ring.all(), f"outline of {finding.finding.label} not drawn"
-    far = far_from_boxes(pixels.shape, findings, scale)
-    assert far.any(), "the test image has no pixel far from every box"
-    assert not changed[far].any(), "pixels far from every box changed"
+        drawn[top:bottom + 1, left:right + 1] = True
+        drawn[top + 8:bottom - 7, left + 8:right - 7] = False  # outlines are < 8 px wide
+    for tag in overlay_layout(source, findings).tags:
+        x1, y1, x2, y2 = (round(v) for v in tag.rect)
+        drawn[y1:y2, x1:x2] = True
+    assert not changed[~drawn].any(), "pixels changed away from the boxes and their labels"
 
 
 def test_secondary_capture_carries_the_findings_burned_in(phantom, write_verified):
@@ -69,7 +63,7 @@ def test_secondary_capture_carries_the_findings_burned_in(phantom, write_verifie
     assert sc.BodyPartExamined == "CHEST"
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert ALGORITHM.name in sc.DerivationDescription
-    assert_burned_in(sc.pixel_array, render_overlay(source, []), findings)
+    assert_burned_in(sc.pixel_array, render_overlay(source, []), source, findings)
 
 
 # RG1's Referring Physician's Name is "ward", one component; copied as it is, not ours to fix.
@@ -81,7 +75,7 @@ def test_secondary_capture_of_the_real_chest_cr(rg1, chest_cr, write_verified):
 
     assert (sc.Rows, sc.Columns) == (1955, 1841)  # under 2048: kept at full size
     assert "PixelSpacing" not in sc  # RG1 writes 0.000, which is no spacing at all
-    assert_burned_in(sc.pixel_array, render_overlay(source, []), findings)
+    assert_burned_in(sc.pixel_array, render_overlay(source, []), source, findings)
     lossless = pydicom.dcmread(chest_cr["RG1_J2KR.dcm"])  # JPEG 2000 lossless twin
     on_twin = [replace(f, source_sop_instance_uid=lossless.SOPInstanceUID) for f in findings]
     twin = write_verified(build_secondary_capture(lossless, on_twin, DEVICE, ALGORITHM),
@@ -103,7 +97,7 @@ def test_large_source_is_downsampled_to_2048_with_scaled_spacing(write_verified)
     assert float(sc.PixelSpacing[0]) == pytest.approx(row_spacing / scale[1])
     assert float(sc.PixelSpacing[1]) == pytest.approx(column_spacing / scale[0])
     assert "downsampled" in sc.DerivationDescription
-    assert_burned_in(sc.pixel_array, render_overlay(source, []), findings, scale)
+    assert_burned_in(sc.pixel_array, render_overlay(source, []), source, findings, scale)
 
 
 def test_refuses_findings_of_another_image(phantom, phantom_cases):
@@ -113,3 +107,20 @@ def test_refuses_findings_of_another_image(phantom, phantom_cases):
 
     with pytest.raises(ValueError, match="not among the sources"):
         build_secondary_capture(source, findings_of(other), DEVICE, ALGORITHM)
+
+
+def test_findings_filling_the_image_widen_it_by_a_legend_strip(phantom, write_verified):
+    source, _ = phantom
+    source.PixelSpacing = [0.2, 0.2]  # as if calibrated: the strip must not change it
+    uid = source.SOPInstanceUID
+    findings = [ImageFinding(uid, FINDINGS["Cardiomegaly"], 0.91,
+                             (0.0, 0.0, float(source.Columns), float(source.Rows))),
+                ImageFinding(uid, FINDINGS["Nodule"], 0.41, (100.0, 100.0, 120.0, 120.0))]
+
+    sc = write_verified(build_secondary_capture(source, findings, DEVICE, ALGORITHM),
+                        "strip-sc")
+
+    assert sc.Rows == source.Rows and sc.Columns > source.Columns
+    assert "legend in a strip" in sc.DerivationDescription
+    assert [float(v) for v in sc.PixelSpacing] == [0.2, 0.2]
+    assert_burned_in(sc.pixel_array, render_overlay(source, []), source, findings)

@@ -65,16 +65,25 @@ class OhifPage:
         self.page.goto(url)
         self.page.get_by_text("Skip all").click()  # the tour shows once the image is up
 
-    def open_series(self, title: str) -> None:
-        """Double-click a series in the study browser: it fills the active viewport."""
-        self.page.get_by_text(title, exact=False).first.dblclick()
+    def open_series(self, title: str, number: int = 0) -> None:
+        """Double-click the ``number``-th series so titled in the study browser: it fills
+        the active viewport."""
+        self.page.get_by_text(title, exact=False).nth(number).dblclick()
+
+    def wait_for_viewport_series(self, title: str) -> str:
+        """The viewport's own top-left annotation (date and series description) once it
+        names the series ``title``: the series is what the viewport shows."""
+        corner = self.page.locator('[data-cy="viewport-overlay-top-left"]').first
+        corner.filter(has_text=title).wait_for()
+        return corner.inner_text()
+
+    def wait_for_no_labels(self) -> None:
+        self.page.wait_for_function("document.querySelectorAll('svg text').length === 0")
 
     def overlay_labels(self, count: int) -> list[str]:
         """The texts drawn over the image once at least ``count`` are there."""
         script = "els => els.map(e => e.textContent.trim()).filter(t => t)"
-        self.page.wait_for_function(
-            f"document.querySelectorAll('.viewport-element svg text, svg text').length >= "
-            f"{count}")
+        self.page.wait_for_function(f"document.querySelectorAll('svg text').length >= {count}")
         return self.page.locator("svg text").evaluate_all(script)
 
     def track_measurements(self, count: int) -> str:

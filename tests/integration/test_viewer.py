@@ -12,6 +12,7 @@ tracking, and the burned-in Secondary Capture. Screenshots are kept in
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 
 import pydicom
@@ -74,6 +75,17 @@ def shows(texts: list[str], name: str, percent: float) -> bool:
                for text in texts for m in pattern.finditer(text))
 
 
+def verify(ds: pydicom.Dataset, folder, dciodvfy: str) -> str:
+    """dciodvfy's verdict on ``ds``: its lines that say Error fail the test; the rest is
+    returned for the output."""
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    report = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True,
+                            timeout=60).stderr.strip()
+    assert not [line for line in report.splitlines() if line.startswith("Error")], report
+    return " / ".join(report.splitlines())
+
+
 def _walk(item):
     yield item
     for child in item.get("ContentSequence", []):
@@ -81,7 +93,7 @@ def _walk(item):
 
 
 def test_radiologist_sees_each_finding_by_name_and_probability_in_ohif(start_node, tmp_path,
-                                                                      viewer_parts):
+                                                                      viewer_parts, tool):
     from model.phantom import synthesize_case
 
     started = time.monotonic()
@@ -95,16 +107,27 @@ def test_radiologist_sees_each_finding_by_name_and_probability_in_ohif(start_nod
         start_node(port=node_port, worker=WORKER,
                    peers=[{"ae_title": "ORTHANC", "hosts": ["127.0.0.1"]}],
                    destinations=[{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1",
-                                  "port": orthanc.dicom_port}])
+                                  "port": orthanc.dicom_port},
+                                 # the same report as Comprehensive SR, as for a PACS
+                                 # without 3D SR: OHIF must read both alike
+                                 {"name": "PACS-2D", "ae_title": "ORTHANC",
+                                  "host": "127.0.0.1", "port": orthanc.dicom_port,
+                                  "sr_storage": "comprehensive", "send_gsps": False,
+                                  "send_secondary_capture": False}])
         instance = orthanc.upload(source)
         study = orthanc.get(f"/instances/{instance}/study")["ID"]
         orthanc.post("/modalities/cxrnode/store", {"Resources": [instance]})
-        wait_until(lambda: len(orthanc.get(f"/studies/{study}/instances")) >= 4, timeout=90,
+        wait_until(lambda: len(orthanc.get(f"/studies/{study}/instances")) >= 5, timeout=90,
                    interval=0.5)
         objects = [pydicom.dcmread(DicomBytesIO(orthanc.download(i["ID"])))
                    for i in orthanc.get(f"/studies/{study}/instances")]
-        sr = next(ds for ds in objects if ds.SOPClassUID in SR_CLASSES)
-        expected = findings_in(sr)
+        for ds in objects:  # what the viewer is given is valid, as sent
+            if ds.SOPInstanceUID != case.dataset.SOPInstanceUID:
+                print(f"\ndciodvfy {ds.Modality}: {verify(ds, tmp_path, tool('dciodvfy'))}")
+        reports = [ds for ds in objects if ds.SOPClassUID in SR_CLASSES]
+        assert {ds.SOPClassUID for ds in reports} == SR_CLASSES
+        expected = findings_in(reports[0])
+        assert findings_in(reports[1]) == expected
         assert len(expected) >= 3, f"the bundled model should find several: {expected}"
         print(f"\nfindings in the SR: {expected}")
 
@@ -112,13 +135,16 @@ def test_radiologist_sees_each_finding_by_name_and_probability_in_ohif(start_nod
         try:
             with ohif.chromium_page(SCREENSHOTS) as page:
                 page.open_study(viewer.study_url(str(case.dataset.StudyInstanceUID)))
-                page.open_series(ohif.SR_TITLE)
-                labels = page.overlay_labels(len(expected))
-                print(f"labels on the image before tracking: {labels}  "
-                      f"({page.shot('1-sr-before-tracking')})")
-                for name, percent in expected:
-                    assert shows(labels, name, percent), f"no box reads {name} {percent}: {labels}"
-                assert not [label for label in labels if RAW_CODE.search(label)], labels
+                for number in (1, 0):  # one is Comprehensive SR, the other 3D SR
+                    page.open_series(str(case.dataset.SeriesDescription))
+                    page.wait_for_no_labels()  # the image alone, before the next report
+                    page.open_series(ohif.SR_TITLE, number)
+                    labels = page.overlay_labels(len(expected))
+                    print(f"labels on the image before tracking: {labels}  "
+                          f"({page.shot(f'1-sr-{number}-before-tracking')})")
+                    for name, percent in expected:
+                        assert shows(labels, name, percent), f"no {name} {percent}: {labels}"
+                    assert not [label for label in labels if RAW_CODE.search(label)], labels
 
                 panel = page.track_measurements(len(expected))
                 print(f"measurement panel after tracking: {panel!r}  "
@@ -129,8 +155,9 @@ def test_radiologist_sees_each_finding_by_name_and_probability_in_ohif(start_nod
                 assert not [c for c in page.console if "Unable to generate tool state" in c]
 
                 page.open_series(ohif.SC_TITLE)
-                page.page.get_by_text("burned-in", exact=False).last.wait_for()
-                print(f"secondary capture: {page.shot('3-secondary-capture')}")
+                corner = page.wait_for_viewport_series(ohif.SC_TITLE)
+                print(f"secondary capture in the viewport ({corner!r}): "
+                      f"{page.shot('3-secondary-capture')}")
         finally:
             viewer.stop()
     print(f"viewer test took {time.monotonic() - started:.1f} s")

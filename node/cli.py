@@ -311,7 +311,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {args.count} {made}; labels in {labels}")
         return 0
     if args.command == "train":
-        from training.train import TrainConfig, TrainError, train
+        from training.train import TrainConfig, train
 
         try:
             model_dir = train(TrainConfig(
@@ -322,8 +322,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 init_from=args.init_from, version=args.version, workers=args.workers,
                 target_sensitivity=args.target_sensitivity,
                 target_specificity=args.target_specificity, mlflow_tracking_uri=args.mlflow_uri))
-        except TrainError as exc:  # e.g. a resume with other settings: the message names them
-            return _refuse("cxr-node train", str(exc))
+        except ValueError as exc:  # TrainError (e.g. a resume with other settings), a bad
+            # labels.csv or setting: the message names the problem
+            return _refuse("cxr-node train", _argument_error(exc, args))
         print(f"best model: {model_dir}")
         return 0
     if args.command == "calibrate":

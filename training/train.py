@@ -264,6 +264,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     train_images, validation_images, split = validation_split(
         config.data, config.validation_data, config.validation_fraction, config.seed, labels)
     images = train_images + validation_images
+    if not validation_images or not train_images:
+        side = "validation" if train_images else "training"
+        raise TrainError(f"the {side} split is empty ({split}; {len(images)} images in "
+                         f"all): the data has too few patients to split")
     if config.max_train_images:
         train_images = train_images[: config.max_train_images]
     preprocessing = PreprocessConfig(image_size=config.image_size)
@@ -293,7 +297,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     detector = Detector(draft, bench.model, device)
     optimizer = torch.optim.AdamW(bench.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    # A last batch of one image is dropped: BatchNorm cannot train on one value per channel
+    # (the 1 x 1 top level of a 128 px input), and one image is a poor batch at any size.
+    drop_last = len(train_set) % config.batch_size == 1 and len(train_set) > 1
+    steps_per_epoch = (len(train_set) // config.batch_size if drop_last
+                       else math.ceil(len(train_set) / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -332,7 +340,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         # the next batches while the current one trains.
         loader = torch.utils.data.DataLoader(
             train_set, batch_size=config.batch_size, sampler=order, collate_fn=collate,
-            num_workers=config.workers, pin_memory=device.type == "cuda")
+            num_workers=config.workers, pin_memory=device.type == "cuda", drop_last=drop_last)
         for step, (batch, target) in enumerate(loader):
             batch = batch.to(device, non_blocking=True)
             target = {k: [t.to(device, non_blocking=True) for t in v] for k, v in target.items()}

@@ -40,6 +40,25 @@ def _parser() -> argparse.ArgumentParser:
     label_import.add_argument("file", type=Path)
     label_import.add_argument("--format", required=True, choices=("nih", "vindr", "csv"))
 
+    dataset = commands.add_parser("dataset", help="public data sets as training folders")
+    dataset_actions = dataset.add_subparsers(dest="action", required=True)
+    dataset_import = dataset_actions.add_parser(
+        "import", help="write a training folder (images/, labels.csv) from a data set's files "
+        "as published; all or nothing, bad rows listed with line numbers")
+    dataset_import.add_argument("file", type=Path, help="the labels: BBox_List_2017.csv (nih), "
+                                "train.csv (vindr) or our CSV (csv)")
+    dataset_import.add_argument("--format", required=True, choices=("nih", "vindr", "csv"))
+    dataset_import.add_argument("--images", required=True, type=Path,
+                                help="folder with the image files (searched with subfolders)")
+    dataset_import.add_argument("--data-entry", type=Path, metavar="FILE",
+                                help="nih: Data_Entry_2017.csv (patients, views, normals)")
+    dataset_import.add_argument("--out", required=True, type=Path,
+                                help="the training folder to write (new or empty)")
+    dataset_import.add_argument("--test-fraction", type=float, default=0.0,
+                                help="patients held out, stratified by finding, into "
+                                "OUT/test/labels.csv for cxr-node evaluate (default 0: none)")
+    dataset_import.add_argument("--seed", type=int, default=0, help="of the test split")
+
     retrain = commands.add_parser("retrain", help="train a candidate on the site's labels and "
                                   "judge it against the active model on the locked test set")
     retrain.add_argument("--from-scratch", action="store_true",
@@ -242,6 +261,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
         summary = run_demo(args.out, viewer_dist=viewer)
         return 0 if summary["studies_with_results"] == summary["studies_sent"] else 1
+    if args.command == "dataset":
+        from training.dataset_import import DatasetImportError, import_dataset, summary_text
+
+        try:
+            summary = import_dataset(
+                args.format, args.file, args.images, args.out, data_entry=args.data_entry,
+                test_fraction=args.test_fraction, seed=args.seed,
+                pneumonia_as=settings.labels.nih_pneumonia_as,
+                consensus=settings.labels.vindr_consensus, iou=settings.labels.vindr_iou)
+        except (DatasetImportError, OSError) as exc:  # nothing was written
+            return _refuse("cxr-node dataset import", str(exc))
+        print(summary_text(summary, args.out))
+        return 0
     if args.command in ("labels", "retrain", "models"):
         from node import admin
 

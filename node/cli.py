@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=int, help="default: training.epochs")
     retrain.add_argument("--image-size", type=int, help="default: the active model's")
     retrain.add_argument("--device", default="auto")
+    retrain.add_argument("--init-backbone", type=Path, metavar="FILE",
+                         help="with --from-scratch: a timm ImageNet checkpoint of the backbone")
 
     models = commands.add_parser("models", help="the model registry")
     model_actions = models.add_subparsers(dest="action", required=True)
@@ -136,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto")
     train.add_argument("--workers", type=int, default=1, help="data-loading processes")
     train.add_argument("--init-from", type=Path, help="model folder to fine-tune from")
+    train.add_argument("--init-backbone", type=Path, metavar="FILE",
+                       help="timm ImageNet checkpoint of the backbone (e.g. tf_efficientnet_b0 "
+                       "for tf_efficientdet_d0; .pth or .safetensors), a local file")
     train.add_argument("--version", default="0.1.0", help="version written into the card")
     train.add_argument("--target-sensitivity", type=float, default=0.90,
                        help="operating point the thresholds are chosen for on validation")
@@ -280,8 +285,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "labels":
             return admin.import_labels(settings, args.file, args.format)
         if args.command == "retrain":
+            if args.init_backbone and not args.from_scratch:
+                return _refuse("cxr-node retrain", "--init-backbone goes with --from-scratch: "
+                               "fine-tuning starts from the active model's whole network")
             return admin.retrain(settings, args.from_scratch, args.epochs, args.image_size,
-                                 args.device)
+                                 args.device, args.init_backbone)
         if args.action == "register":
             return admin.register_model(settings, args.model_dir, args.device)
         if args.action == "promote":
@@ -351,11 +359,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
                 batch_size=args.batch_size,
                 learning_rate=args.lr, seed=args.seed, device=args.device,
-                init_from=args.init_from, version=args.version, workers=args.workers,
+                init_from=args.init_from, init_backbone=args.init_backbone,
+                version=args.version, workers=args.workers,
                 target_sensitivity=args.target_sensitivity,
                 target_specificity=args.target_specificity, mlflow_tracking_uri=args.mlflow_uri))
         except ValueError as exc:  # TrainError (e.g. a resume with other settings), a bad
-            # labels.csv or setting: the message names the problem
+            # labels.csv, a backbone file that does not fit: the message names the problem
             return _refuse("cxr-node train", _argument_error(exc, args))
         print(f"best model: {model_dir}")
         return 0

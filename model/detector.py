@@ -5,7 +5,8 @@ effdet provides the network; post-processing is ours and batched. effdet's own
 hundred images per second; here top-k, box decoding and NMS run once for the whole batch
 (NMS with the image and class folded into a coordinate offset). Weights come from a local
 file only: the network is created with ``pretrained=False, pretrained_backbone=False``,
-which never reaches for a hub.
+which never reaches for a hub, and a backbone starts from a local file at most
+(:func:`load_backbone`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,52 @@ def create_network(card: ModelCard, bench_task: str = "") -> torch.nn.Module:
         image_size=(card.image_size, card.image_size),
         bench_labeler=bench_task == "train",
     )
+
+
+class BackboneFileError(ValueError):
+    """A backbone checkpoint that cannot be read, or does not fit; one line says why."""
+
+
+# A timm ImageNet classifier's head: in its checkpoint, not in a detector's backbone.
+CLASSIFIER_HEAD = ("conv_head.", "bn2.", "classifier.")
+
+
+def load_backbone(network: torch.nn.Module, path: Path) -> None:
+    """Start ``network``'s backbone from a timm ImageNet checkpoint in a local file.
+
+    A site without internet access downloads e.g. ``tf_efficientnet_b0`` weights elsewhere
+    (``.pth`` or ``.safetensors``; a training checkpoint's ``state_dict`` reads too);
+    nothing is fetched here. Strict, because a partial load trains silently from noise:
+    every backbone tensor must be in the file with its shape, and the file may hold nothing
+    else but the classifier head (:data:`CLASSIFIER_HEAD`), which a detector does not use.
+    """
+    from timm.models import load_state_dict
+
+    name = network.config.backbone_name
+    try:
+        state = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch, zipfile, pickle and safetensors errors
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BackboneFileError(f"{path} is not a readable PyTorch or safetensors "
+                                f"checkpoint ({reason})") from None
+    own = network.backbone.state_dict()
+    given = {key: value for key, value in state.items() if not key.startswith(CLASSIFIER_HEAD)}
+    missing = [k for k in own if k not in given and not k.endswith("num_batches_tracked")]
+    unknown = [k for k in given if k not in own]
+    shaped = [f"{k} {_shape(given[k])} where the backbone has {_shape(own[k])}"
+              for k in own if k in given and _shape(given[k]) != _shape(own[k])]
+    problems = [f"{len(keys)} tensor(s) {what} ({', '.join(keys[:2])}"
+                f"{', ...' if len(keys) > 2 else ''})"
+                for what, keys in (("missing", missing), ("of another shape", shaped),
+                                   ("the backbone does not have", unknown)) if keys]
+    if problems:
+        raise BackboneFileError(f"{path} does not fit the {name} backbone: "
+                                + "; ".join(problems))
+    network.backbone.load_state_dict(given, strict=False)  # num_batches_tracked may be absent
+
+
+def _shape(value: object) -> str:
+    return "x".join(str(n) for n in getattr(value, "shape", ())) or "no tensor"
 
 
 class BatchedPostProcess(torch.nn.Module):

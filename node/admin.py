@@ -125,7 +125,7 @@ def import_labels(settings: Settings, path: Path, fmt: str) -> int:
 
 
 def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_size: int | None,
-            device: str) -> int:
+            device: str, init_backbone: Path | None = None) -> int:
     from storage.files import DicomFileStore
     from training.retrain import RetrainError
     from training.retrain import retrain as run_retrain
@@ -134,7 +134,8 @@ def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_si
         with database(settings) as db:
             return _print_candidate(run_retrain(
                 settings, db, DicomFileStore(settings.storage.data_dir),
-                from_scratch=from_scratch, epochs=epochs, image_size=image_size, device=device))
+                from_scratch=from_scratch, epochs=epochs, image_size=image_size, device=device,
+                init_backbone=init_backbone))
 
     return _attempt("retrain: ", (RetrainError,), run)
 

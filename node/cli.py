@@ -40,6 +40,25 @@ def _parser() -> argparse.ArgumentParser:
     label_import.add_argument("file", type=Path)
     label_import.add_argument("--format", required=True, choices=("nih", "vindr", "csv"))
 
+    dataset = commands.add_parser("dataset", help="public data sets as training folders")
+    dataset_actions = dataset.add_subparsers(dest="action", required=True)
+    dataset_import = dataset_actions.add_parser(
+        "import", help="write a training folder (images/, labels.csv) from a data set's files "
+        "as published; all or nothing, bad rows listed with line numbers")
+    dataset_import.add_argument("file", type=Path, help="the labels: BBox_List_2017.csv (nih), "
+                                "train.csv (vindr) or our CSV (csv)")
+    dataset_import.add_argument("--format", required=True, choices=("nih", "vindr", "csv"))
+    dataset_import.add_argument("--images", required=True, type=Path,
+                                help="folder with the image files (searched with subfolders)")
+    dataset_import.add_argument("--data-entry", type=Path, metavar="FILE",
+                                help="nih: Data_Entry_2017.csv (patients, views, normals)")
+    dataset_import.add_argument("--out", required=True, type=Path,
+                                help="the training folder to write (new or empty)")
+    dataset_import.add_argument("--test-fraction", type=float, default=0.0,
+                                help="patients held out, stratified by finding, into "
+                                "OUT/test/labels.csv for cxr-node evaluate (default 0: none)")
+    dataset_import.add_argument("--seed", type=int, default=0, help="of the test split")
+
     retrain = commands.add_parser("retrain", help="train a candidate on the site's labels and "
                                   "judge it against the active model on the locked test set")
     retrain.add_argument("--from-scratch", action="store_true",
@@ -47,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=int, help="default: training.epochs")
     retrain.add_argument("--image-size", type=int, help="default: the active model's")
     retrain.add_argument("--device", default="auto")
+    retrain.add_argument("--init-backbone", type=Path, metavar="FILE",
+                         help="with --from-scratch: a timm ImageNet checkpoint of the backbone")
 
     models = commands.add_parser("models", help="the model registry")
     model_actions = models.add_subparsers(dest="action", required=True)
@@ -117,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto")
     train.add_argument("--workers", type=int, default=1, help="data-loading processes")
     train.add_argument("--init-from", type=Path, help="model folder to fine-tune from")
+    train.add_argument("--init-backbone", type=Path, metavar="FILE",
+                       help="timm ImageNet checkpoint of the backbone (e.g. tf_efficientnet_b0 "
+                       "for tf_efficientdet_d0; .pth or .safetensors), a local file")
     train.add_argument("--version", default="0.1.0", help="version written into the card")
     train.add_argument("--target-sensitivity", type=float, default=0.90,
                        help="operating point the thresholds are chosen for on validation")
@@ -242,14 +266,30 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
         summary = run_demo(args.out, viewer_dist=viewer)
         return 0 if summary["studies_with_results"] == summary["studies_sent"] else 1
+    if args.command == "dataset":
+        from training.dataset_import import DatasetImportError, import_dataset, summary_text
+
+        try:
+            summary = import_dataset(
+                args.format, args.file, args.images, args.out, data_entry=args.data_entry,
+                test_fraction=args.test_fraction, seed=args.seed,
+                pneumonia_as=settings.labels.nih_pneumonia_as,
+                consensus=settings.labels.vindr_consensus, iou=settings.labels.vindr_iou)
+        except (DatasetImportError, OSError) as exc:  # nothing was written
+            return _refuse("cxr-node dataset import", str(exc))
+        print(summary_text(summary, args.out))
+        return 0
     if args.command in ("labels", "retrain", "models"):
         from node import admin
 
         if args.command == "labels":
             return admin.import_labels(settings, args.file, args.format)
         if args.command == "retrain":
+            if args.init_backbone and not args.from_scratch:
+                return _refuse("cxr-node retrain", "--init-backbone goes with --from-scratch: "
+                               "fine-tuning starts from the active model's whole network")
             return admin.retrain(settings, args.from_scratch, args.epochs, args.image_size,
-                                 args.device)
+                                 args.device, args.init_backbone)
         if args.action == "register":
             return admin.register_model(settings, args.model_dir, args.device)
         if args.action == "promote":
@@ -311,7 +351,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {args.count} {made}; labels in {labels}")
         return 0
     if args.command == "train":
-        from training.train import TrainConfig, TrainError, train
+        from training.train import TrainConfig, train
 
         try:
             model_dir = train(TrainConfig(
@@ -319,11 +359,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
                 batch_size=args.batch_size,
                 learning_rate=args.lr, seed=args.seed, device=args.device,
-                init_from=args.init_from, version=args.version, workers=args.workers,
+                init_from=args.init_from, init_backbone=args.init_backbone,
+                version=args.version, workers=args.workers,
                 target_sensitivity=args.target_sensitivity,
                 target_specificity=args.target_specificity, mlflow_tracking_uri=args.mlflow_uri))
-        except TrainError as exc:  # e.g. a resume with other settings: the message names them
-            return _refuse("cxr-node train", str(exc))
+        except ValueError as exc:  # TrainError (e.g. a resume with other settings), a bad
+            # labels.csv, a backbone file that does not fit: the message names the problem
+            return _refuse("cxr-node train", _argument_error(exc, args))
         print(f"best model: {model_dir}")
         return 0
     if args.command == "calibrate":

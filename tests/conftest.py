@@ -47,6 +47,9 @@ SLOW_TESTS = frozenset({
     "tests/node/test_worker_results.py::test_monochrome1_and_monochrome2_in_one_series_get_every_result",
     "tests/node/test_worker_results.py::test_pa_lateral_and_ap_in_one_study",
     "tests/model/test_detector.py::test_an_image_scores_the_same_alone_or_in_a_batch",
+    # Three imports, a training step and three evaluations: about 40 s; two steps, 25 s.
+    "tests/training/test_dataset_import.py::test_imported_folders_train_and_evaluate",
+    "tests/training/test_init_backbone.py::test_training_starts_from_the_backbone_file",
 })
 # Modules whose node processes analyse with the bundled 768 px model: minutes, not seconds,
 # on a loaded 2-core machine, so a limit above pyproject's backstop.

@@ -2,8 +2,9 @@
 
 The labels file is a CSV with one row per box (``file,patient_id,study_uid,
 sop_instance_uid,rows,columns,label,x1,y1,x2,y2``); an image without findings has one row
-with an empty label. ``cxr-node synth`` writes it for generated data, and the label
-importers write the same format for a site's data.
+with an empty label. ``cxr-node synth`` writes it for generated data, the label
+importers for a site's data, and ``cxr-node dataset import`` for public data sets. A file
+is DICOM, PNG or JPEG (:mod:`model.image_file`); all go through the same preprocessing.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import torch
 
+from model.image_file import read_image
 from model.preprocess import Letterbox, PreprocessConfig, preprocess, to_tensor
 
 LABEL_COLUMNS = ("file", "patient_id", "study_uid", "sop_instance_uid", "rows", "columns",
@@ -187,7 +188,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self._classes: list[np.ndarray] = []
         self.letterboxes: list[Letterbox] = []
         for image in self.images:
-            pixels, letterbox = preprocess(pydicom.dcmread(image.path), config)
+            pixels, letterbox = preprocess(read_image(image.path), config)
             self._pixels.append(pixels.astype(np.float16))
             boxes = np.array([[b.x1, b.y1, b.x2, b.y2] for b in image.boxes],
                              dtype=np.float64).reshape(-1, 4)

@@ -16,9 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pydicom  # noqa: E402
 
 from model.detector import Detector  # noqa: E402
+from model.image_file import read_image  # noqa: E402
 from model.preprocess import pixel_spacing_mm  # noqa: E402
 from training import metrics  # noqa: E402
 from training.dataset import fingerprint, read_labels_csv  # noqa: E402
@@ -30,11 +30,11 @@ BATCH = 16
 def predict_set(detector: Detector, paths: list[Path]) -> tuple[
         list[list[metrics.PredictedBox]], list[tuple[float, float] | None]]:
     """Every detection (no threshold) through the same path the node uses, and each
-    image's pixel spacing, from the datasets read for the detector."""
+    image's pixel spacing (None for a PNG or JPEG), from the datasets read for it."""
     predictions: list[list[metrics.PredictedBox]] = []
     spacing: list[tuple[float, float] | None] = []
     for start in range(0, len(paths), BATCH):
-        datasets = [pydicom.dcmread(p) for p in paths[start:start + BATCH]]
+        datasets = [read_image(p) for p in paths[start:start + BATCH]]
         predictions += [predicted_boxes(d)
                         for d in detector.predict(datasets, apply_thresholds=False)]
         spacing += [pixel_spacing_mm(ds) for ds in datasets]

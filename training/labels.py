@@ -59,15 +59,42 @@ SYNONYMS = {"effusion": "Pleural effusion", "infiltrate": "Infiltration",
 NIH_SCHEME = "99NIH"
 NIH_CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltrate", "Mass", "Nodule",
                "Pneumonia", "Pneumothorax")
+# Data_Entry_2017.csv "Finding Labels": "|"-separated, or "No Finding" alone.
+NIH_IMAGE_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion",
+                    "Emphysema", "Fibrosis", "Hernia", "Infiltration", "Mass", "Nodule",
+                    "Pleural_Thickening", "Pneumonia", "Pneumothorax")
+NIH_NO_FINDING = "No Finding"
 VINDR_SCHEME = "99VINDR"
-# Index = class_id. VinDr does not separate nodule from mass (the >= 3 cm rule needs the
-# pixel spacing, which the CSV lacks), so "Nodule/Mass" maps to Nodule.
+# Index = class_id.
 VINDR_CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly",
                  "Consolidation", "ILD", "Infiltration", "Lung Opacity", "Nodule/Mass",
                  "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
                  "Pulmonary fibrosis", "No finding")
-VINDR_ALIASES = {"Nodule/Mass": "Nodule"}
 VINDR_NO_FINDING = "No finding"
+# VinDr-CXR class -> the default vocabulary's label; None: kept out (the record keeps the
+# VinDr class with label None, and imports count it). The one table of this mapping: the
+# label intake and `cxr-node dataset import` both read it. Another vocabulary that has a
+# class under its own name (e.g. "Aortic enlargement") gets it by name.
+VINDR_MAPPING: dict[str, str | None] = {
+    "Aortic enlargement": None,  # mediastinal, not in the vocabulary
+    "Atelectasis": "Atelectasis",
+    "Calcification": None,
+    "Cardiomegaly": "Cardiomegaly",
+    # Air-space opacity the image alone does not tell from infiltrate (as NIH's Pneumonia).
+    "Consolidation": "Infiltration",
+    "ILD": None,  # a diffuse interstitial pattern over whole lungs, not a focal finding
+    "Infiltration": "Infiltration",
+    # A catch-all that VinDr readers draw over nodules, effusions and consolidation alike.
+    "Lung Opacity": None,
+    # One class in VinDr; `dataset import` splits it by the box's size in mm where the DICOM
+    # gives the pixel spacing (a mass is 30 mm or more, Fleischner glossary), else Nodule.
+    "Nodule/Mass": "Nodule",
+    "Other lesion": None,
+    "Pleural effusion": "Pleural effusion",
+    "Pleural thickening": None,
+    "Pneumothorax": "Pneumothorax",
+    "Pulmonary fibrosis": None,
+}
 XYXY = ("x1", "y1", "x2", "y2")
 VINDR_XYXY = ("x_min", "y_min", "x_max", "y_max")
 
@@ -487,6 +514,53 @@ def read_nih_csv(path: str | PathLike, vocabulary: Sequence[Finding] = DEFAULT_F
     return _finish(path, records, errors)
 
 
+@dataclass(frozen=True)
+class NihEntry:
+    """One row of NIH ChestX-ray8 ``Data_Entry_2017.csv``: whose image, which view, and
+    the image-level labels (text-mined from the reports; ``("No Finding",)`` for none)."""
+
+    image: str
+    patient: str
+    follow_up: str
+    view: str
+    labels: tuple[str, ...]
+
+    @property
+    def no_finding(self) -> bool:
+        return self.labels == (NIH_NO_FINDING,)
+
+
+def read_nih_data_entry(path: str | PathLike) -> list[NihEntry]:
+    """NIH ``Data_Entry_2017.csv`` (and its v2020 revision): one entry per image, keyed by
+    "Image Index", the name of the PNG. The header's bracketed columns
+    ("OriginalImage[Width,Height]") split over two cells, as in the file."""
+    rows, errors = _read_table(path, ("image index", "finding labels", "follow-up #",
+                                      "patient id", "view position"))
+    entries, seen = [], {}
+    for line, row in rows:
+        try:
+            image = _key(row, "image index", "Image Index")
+            if image in seen:
+                raise ValueError(f"Image Index {image} again (first on line {seen[image]})")
+            labels = tuple(label.strip() for label in
+                           _key(row, "finding labels", "Finding Labels").split("|"))
+            unknown = [label for label in labels
+                       if label not in (*NIH_IMAGE_LABELS, NIH_NO_FINDING)]
+            if unknown:
+                raise ValueError(f'Finding Labels "{"|".join(unknown)}" not among '
+                                 f"{', '.join(NIH_IMAGE_LABELS)}, {NIH_NO_FINDING}")
+            if NIH_NO_FINDING in labels and len(labels) > 1:
+                raise ValueError(f'"{NIH_NO_FINDING}" together with findings')
+            seen[image] = line
+            entries.append(NihEntry(image, _key(row, "patient id", "Patient ID"),
+                                    row["follow-up #"], _key(row, "view position",
+                                                             "View Position"), labels))
+        except ValueError as exc:
+            errors.append((line, str(exc)))
+    _finish(path, [], errors)
+    return entries
+
+
 def _iou(a: Box, b: Box) -> float:
     width = min(a[2], b[2]) - max(a[0], b[0])
     height = min(a[3], b[3]) - max(a[1], b[1])
@@ -498,23 +572,36 @@ def _iou(a: Box, b: Box) -> float:
 
 def _clusters(drawn: list[tuple[str, Box]], iou: float) -> list[list[tuple[str, Box]]]:
     """Greedy, in file order: a box joins the first cluster whose first box it overlaps by
-    ``iou`` and that has no box of its reader yet (one reader's two nodules stay two)."""
+    ``iou`` and that has no box of its reader yet (one reader's two nodules stay two). A
+    box overlapping its own reader's box in that cluster by ``iou`` is one finding under two
+    classes that map to one label (Consolidation and Infiltration), and is dropped."""
     clusters: list[list[tuple[str, Box]]] = []
     for reader, box in drawn:
         for cluster in clusters:
-            if reader not in {r for r, _ in cluster} and _iou(cluster[0][1], box) >= iou:
+            if _iou(cluster[0][1], box) < iou:
+                continue
+            own = [b for r, b in cluster if r == reader]
+            if not own:
                 cluster.append((reader, box))
+                break
+            if any(_iou(b, box) >= iou for b in own):
                 break
         else:
             clusters.append([(reader, box)])
     return clusters
 
 
+def _vindr_finding(name: str, vocabulary: Sequence[Finding]) -> Finding | None:
+    mapped = VINDR_MAPPING[name]
+    return match_finding(mapped or name, vocabulary)
+
+
 def read_vindr_csv(path: str | PathLike, vocabulary: Sequence[Finding] = DEFAULT_FINDINGS,
                    consensus: str = "majority", iou: float = 0.4) -> list[LabelRecord]:
     """VinDr-CXR ``train.csv``: several readers per image, merged by ``consensus``.
 
-    Same-class boxes are clustered (:func:`_clusters`); a cluster with boxes from at least k
+    Classes map to the vocabulary by :data:`VINDR_MAPPING`. Boxes of one label (or of one
+    unmapped class) are clustered (:func:`_clusters`); a cluster with boxes from at least k
     readers (majority: more than half of the image's readers; any: 1; all: every one) gives
     its coordinate-wise mean box, with ``reader`` the cluster's rad_ids. An image with no
     kept box is normal when k readers said "No finding"; otherwise it gives no record.
@@ -530,7 +617,7 @@ def read_vindr_csv(path: str | PathLike, vocabulary: Sequence[Finding] = DEFAULT
                                       *VINDR_XYXY))
     readers: dict[str, list[str]] = {}
     said_normal: dict[str, list[str]] = {}
-    boxes: dict[str, dict[str, list[tuple[str, Box]]]] = {}
+    boxes: dict[str, dict[tuple[Finding | None, Code], list[tuple[str, Box]]]] = {}
     for line, row in rows:
         try:
             image, rad = _key(row, "image_id"), _key(row, "rad_id")
@@ -546,7 +633,9 @@ def read_vindr_csv(path: str | PathLike, vocabulary: Sequence[Finding] = DEFAULT
                 said_normal.setdefault(image, []).append(rad)
             else:
                 box = _xyxy(row, VINDR_XYXY)
-                boxes.setdefault(image, {}).setdefault(name, []).append((rad, box))
+                finding = _vindr_finding(name, vocabulary)
+                code = _record_code(finding, (VINDR_SCHEME, row["class_id"], name))
+                boxes.setdefault(image, {}).setdefault((finding, code), []).append((rad, box))
             if rad not in readers.setdefault(image, []):
                 readers[image].append(rad)
         except ValueError as exc:
@@ -556,9 +645,7 @@ def read_vindr_csv(path: str | PathLike, vocabulary: Sequence[Finding] = DEFAULT
         needed = {Consensus.MAJORITY: len(image_readers) // 2 + 1, Consensus.ANY: 1,
                   Consensus.ALL: len(image_readers)}[rule]
         kept = []
-        for name, drawn in boxes.get(image, {}).items():
-            finding = match_finding(VINDR_ALIASES.get(name, name), vocabulary)
-            code = _record_code(finding, (VINDR_SCHEME, str(VINDR_CLASSES.index(name)), name))
+        for (finding, code), drawn in boxes.get(image, {}).items():
             for cluster in _clusters(drawn, iou):
                 if len(cluster) >= needed:
                     mean = tuple(sum(b[i] for _, b in cluster) / len(cluster) for i in range(4))
@@ -614,3 +701,19 @@ def read_plain_csv(path: str | PathLike,
         except ValueError as exc:
             errors.append((line, str(exc)))
     return _finish(path, records, errors)
+
+
+def read_plain_csv_patients(path: str | PathLike) -> dict[str, str]:
+    """The optional ``patient_id`` column of our CSV, per image key: a PNG or JPEG has no
+    header to give it, and without it a patient's images could land on both sides of a
+    split. Empty cells are left out; two patients for one image is a bad row."""
+    rows, errors = _read_table(path, ("sop_instance_uid",), ("patient_id",))
+    patients: dict[str, str] = {}
+    for line, row in rows:
+        key, patient = row["sop_instance_uid"], row.get("patient_id", "")
+        if key and patient:
+            if patients.setdefault(key, patient) != patient:
+                errors.append((line, f"{key} has patient_id {patient} here but "
+                                     f"{patients[key]} on an earlier row"))
+    _finish(path, [], errors)
+    return patients

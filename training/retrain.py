@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from config.settings import Settings
 from model.card import ModelCard
-from model.detector import Detector
+from model.detector import BackboneFileError, Detector
 from model.golden import check_golden, write_golden
 from storage import audit
 from storage.audit import AuditEventId, Outcome
@@ -75,7 +75,12 @@ def summary(report: dict) -> dict:
 
 def retrain(settings: Settings, db: Database, store: DicomFileStore, *, from_scratch: bool = False,
             epochs: int | None = None, image_size: int | None = None,
-            device: str = "auto") -> RetrainOutcome:
+            device: str = "auto", init_backbone: Path | None = None) -> RetrainOutcome:
+    """``init_backbone``: a timm ImageNet checkpoint to start the backbone of a network
+    trained from scratch with (see ``model.detector.load_backbone``)."""
+    if init_backbone and not from_scratch:
+        raise RetrainError("a backbone file goes with training from scratch: fine-tuning "
+                           "starts from the active model's whole network")
     training = settings.training
     with db.session() as session:
         active = active_version(session)
@@ -96,15 +101,18 @@ def retrain(settings: Settings, db: Database, store: DicomFileStore, *, from_scr
         f"{utcnow():%Y%m%dT%H%M%S}-{version}"
     LOGGER.info("retraining %s %s -> %s on snapshot %s %s", card.name, card.version, version,
                 snapshot.id, sizes)
-    model_dir = train(TrainConfig(
-        data=folder / "train", validation_data=folder / "validation", out=run,
-        architecture=card.architecture, image_size=image_size or card.image_size,
-        anchor_scale=card.anchor_scale, epochs=epochs or training.epochs,
-        batch_size=training.batch_size, learning_rate=training.learning_rate, device=device,
-        target_sensitivity=training.target_sensitivity,
-        target_specificity=training.target_specificity,
-        init_from=None if from_scratch else active_path, name=card.name, version=version,
-        findings=card.findings), progress=False)
+    try:
+        model_dir = train(TrainConfig(
+            data=folder / "train", validation_data=folder / "validation", out=run,
+            architecture=card.architecture, image_size=image_size or card.image_size,
+            anchor_scale=card.anchor_scale, epochs=epochs or training.epochs,
+            batch_size=training.batch_size, learning_rate=training.learning_rate,
+            device=device, target_sensitivity=training.target_sensitivity,
+            target_specificity=training.target_specificity,
+            init_from=None if from_scratch else active_path, init_backbone=init_backbone,
+            name=card.name, version=version, findings=card.findings), progress=False)
+    except BackboneFileError as exc:
+        raise RetrainError(str(exc)) from None
     outcome = judge(settings, db, model_dir, snapshot.id, device, run)
     LOGGER.info("candidate %s: %s", version, outcome.gate.text())
     return outcome

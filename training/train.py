@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from model.card import ModelCard, file_sha256
-from model.detector import Detection, Detector, create_network
+from model.detector import Detection, Detector, create_network, load_backbone
 from model.preprocess import PreprocessConfig
 from model.vocabulary import DEFAULT_FINDINGS, Finding
 from training import metrics
@@ -80,6 +80,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     init_from: Path | None = None  # a model folder to fine-tune from
+    # A timm ImageNet checkpoint of the backbone (a local file) to train from scratch with.
+    init_backbone: Path | None = None
     # A folder with its own labels.csv for validation (a site's fixed split); None: 15% of
     # the patients in ``data``.
     validation_data: Path | None = None
@@ -100,6 +102,10 @@ class TrainConfig:
         for name in ("target_sensitivity", "target_specificity"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} must be in (0, 1)")
+        if self.init_backbone and self.init_from:
+            raise ValueError(f"init_backbone {self.init_backbone} and init_from "
+                             f"{self.init_from} are both given; a model folder brings its own "
+                             "backbone")
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -264,15 +270,13 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     train_images, validation_images, split = validation_split(
         config.data, config.validation_data, config.validation_fraction, config.seed, labels)
     images = train_images + validation_images
+    if not validation_images or not train_images:
+        side = "validation" if train_images else "training"
+        raise TrainError(f"the {side} split is empty ({split}; {len(images)} images in "
+                         f"all): the data has too few patients to split")
     if config.max_train_images:
         train_images = train_images[: config.max_train_images]
     preprocessing = PreprocessConfig(image_size=config.image_size)
-    LOGGER.info("preparing %d training and %d validation images", len(train_images),
-                len(validation_images))
-    train_set = DetectionDataset(train_images, labels, preprocessing, augment=True,
-                                 seed=config.seed)
-    validation_set = DetectionDataset(validation_images, labels, preprocessing)
-
     draft = _card(config, preprocessing, {f: 0.5 for f in labels}, "0" * 64,
                   fingerprint(images), {})
     bench = create_network(draft, bench_task="train")
@@ -281,6 +285,15 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         state = torch.load(Path(config.init_from) / parent.weights_file, map_location="cpu",
                            weights_only=True)
         bench.model.load_state_dict(state)
+    if config.init_backbone:  # before the images are read: a file that does not fit fails fast
+        load_backbone(bench.model, config.init_backbone)
+        LOGGER.info("backbone from %s (sha256 %s)", config.init_backbone,
+                    file_sha256(config.init_backbone))
+    LOGGER.info("preparing %d training and %d validation images", len(train_images),
+                len(validation_images))
+    train_set = DetectionDataset(train_images, labels, preprocessing, augment=True,
+                                 seed=config.seed)
+    validation_set = DetectionDataset(validation_images, labels, preprocessing)
     coverage = anchor_coverage(*train_set.model_boxes(), labels,
                                anchor_boxes(bench.model.config))
     (out / "anchor_coverage.json").write_text(json.dumps(coverage, indent=2) + "\n")
@@ -293,7 +306,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     detector = Detector(draft, bench.model, device)
     optimizer = torch.optim.AdamW(bench.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    # A last batch of one image is dropped: BatchNorm cannot train on one value per channel
+    # (the 1 x 1 top level of a 128 px input), and one image is a poor batch at any size.
+    drop_last = len(train_set) % config.batch_size == 1 and len(train_set) > 1
+    steps_per_epoch = (len(train_set) // config.batch_size if drop_last
+                       else math.ceil(len(train_set) / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -332,7 +349,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         # the next batches while the current one trains.
         loader = torch.utils.data.DataLoader(
             train_set, batch_size=config.batch_size, sampler=order, collate_fn=collate,
-            num_workers=config.workers, pin_memory=device.type == "cuda")
+            num_workers=config.workers, pin_memory=device.type == "cuda", drop_last=drop_last)
         for step, (batch, target) in enumerate(loader):
             batch = batch.to(device, non_blocking=True)
             target = {k: [t.to(device, non_blocking=True) for t in v] for k, v in target.items()}

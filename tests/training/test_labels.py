@@ -31,12 +31,17 @@ from model.phantom import synthesize_case
 from model.vocabulary import DEFAULT_FINDINGS
 from node.results import Algorithm, ImageFinding, ProducingDevice, build_measurement_report
 from training.labels import (
+    VINDR_CLASSES,
+    VINDR_MAPPING,
     LabelImportError,
     LabelRecord,
+    NihEntry,
     is_tid1500,
     match_finding,
     read_nih_csv,
+    read_nih_data_entry,
     read_plain_csv,
+    read_plain_csv_patients,
     read_sr_labels,
     read_vindr_csv,
     region_box,
@@ -307,6 +312,56 @@ def test_nih_pneumonia_as_must_be_a_vocabulary_label(tmp_path):
         read_nih_csv(path, pneumonia_as="Pneumonia")
 
 
+# The 2017 file's header, trailing comma and all; v2020 says "Patient Sex" and drops it.
+DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,"
+                     "Patient Gender,View Position,OriginalImage[Width,Height],"
+                     "OriginalImagePixelSpacing[x,y],\n")
+
+
+def test_nih_data_entry(tmp_path):
+    path = write(tmp_path, "Data_Entry_2017.csv", DATA_ENTRY_HEADER
+                 + "00000001_000.png,Cardiomegaly,0,1,058Y,M,PA,2682,2749,0.143,0.143,\n"
+                 + "00000001_001.png,Cardiomegaly|Emphysema,1,1,058Y,M,AP,2894,2729,0.143,"
+                 "0.143,\n"
+                 + "00000003_000.png,No Finding,0,3,081Y,F,PA,2582,2991,0.143,0.143,\n")
+    v2020 = write(tmp_path, "Data_Entry_2017_v2020.csv", DATA_ENTRY_HEADER.replace(
+        "Gender", "Sex").replace("],\n", "]\n") + "00000003_000.png,No Finding,0,3,81,F,PA,"
+        "2582,2991,0.143,0.143\n")
+
+    entries = read_nih_data_entry(path)
+
+    assert entries == [
+        NihEntry("00000001_000.png", "1", "0", "PA", ("Cardiomegaly",)),
+        NihEntry("00000001_001.png", "1", "1", "AP", ("Cardiomegaly", "Emphysema")),
+        NihEntry("00000003_000.png", "3", "0", "PA", ("No Finding",)),
+    ]
+    assert [e.no_finding for e in entries] == [False, False, True]
+    assert read_nih_data_entry(v2020) == entries[2:]
+
+
+def test_nih_data_entry_bad_rows(tmp_path):
+    path = write(tmp_path, "Data_Entry_2017.csv", DATA_ENTRY_HEADER
+                 + "00000001_000.png,Cardiomegaly,0,1,058Y,M,PA,2682,2749,0.143,0.143,\n"
+                 + "00000001_000.png,Cardiomegaly,0,1,058Y,M,PA,2682,2749,0.143,0.143,\n"
+                 + "00000002_000.png,Cardiomegaly|Fracture,0,2,058Y,M,PA,1,1,0.1,0.1,\n"
+                 + "00000003_000.png,No Finding|Mass,0,3,058Y,M,PA,1,1,0.1,0.1,\n"
+                 + "00000004_000.png,Mass,0,,058Y,M,PA,1,1,0.1,0.1,\n"
+                 + "00000005_000.png,Mass,0,5,058Y,M,PA,1,1\n")
+
+    with pytest.raises(LabelImportError) as caught:
+        read_nih_data_entry(path)
+
+    assert caught.value.errors == [
+        (3, "Image Index 00000001_000.png again (first on line 2)"),
+        (4, 'Finding Labels "Fracture" not among Atelectasis, Cardiomegaly, Consolidation, '
+            "Edema, Effusion, Emphysema, Fibrosis, Hernia, Infiltration, Mass, Nodule, "
+            "Pleural_Thickening, Pneumonia, Pneumothorax, No Finding"),
+        (5, '"No Finding" together with findings'),
+        (6, "Patient ID is empty"),
+        (7, "9 fields, expected 11"),
+    ]
+
+
 # --------------------------------------------------------------------------- VinDr
 
 VINDR = """image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max
@@ -366,6 +421,30 @@ def test_vindr_boxes_below_the_iou_stay_apart(tmp_path):
 
     assert read_vindr_csv(path, consensus="majority") == []
     assert len(read_vindr_csv(path, consensus="majority", iou=0.3)) == 1
+
+
+def test_vindr_classes_map_by_one_table_and_one_finding_named_twice_counts_once(tmp_path):
+    """Consolidation and Infiltration are both Infiltration: R1 drew both on one region, R2
+    only Consolidation there; Lung Opacity stays outside the vocabulary."""
+    path = write(tmp_path, "train.csv", VINDR.splitlines()[0] + "\n"
+                 + "img1,Consolidation,4,R1,100,100,200,200\n"
+                 + "img1,Infiltration,6,R1,102,100,202,200\n"
+                 + "img1,Consolidation,4,R2,104,100,204,200\n"
+                 + "img1,Lung Opacity,7,R1,100,100,200,200\n"
+                 + "img1,Lung Opacity,7,R2,100,100,200,200\n"
+                 + "img1,No finding,14,R3,,,,\n")
+
+    records = read_vindr_csv(path)
+
+    assert records == [
+        LabelRecord("img1", "Infiltration", INFILTRATION, (102.0, 100.0, 202.0, 200.0),
+                    reader="R1,R2"),
+        LabelRecord("img1", None, ("99VINDR", "7", "Lung Opacity"),
+                    (100.0, 100.0, 200.0, 200.0), reader="R1,R2"),
+    ]
+    assert set(VINDR_MAPPING) == set(VINDR_CLASSES) - {"No finding"}
+    assert {VINDR_MAPPING[name] for name in ("Consolidation", "Infiltration")} == \
+        {"Infiltration"} and VINDR_MAPPING["Nodule/Mass"] == "Nodule"
 
 
 def test_vindr_bad_rows(tmp_path):
@@ -446,3 +525,20 @@ def test_plain_csv_bad_rows(tmp_path):
         (6, "x1 must be >= 0, got -1"),
         (8, "1.2.8 already has a normal row"),
     ]
+
+
+def test_plain_csv_patients(tmp_path):
+    path = write(tmp_path, "labels.csv", "sop_instance_uid,label,x1,y1,x2,y2,patient_id\n"
+                 "1.2.3,Nodule,10,20,30,40,P1\n"
+                 "1.2.3,Mass,50,60,70,80,P1\n"
+                 "1.2.4,,,,,,\n"
+                 "1.2.5,,,,,,P2\n"
+                 "1.2.5,Mass,1,2,3,4,P3\n")
+
+    with pytest.raises(LabelImportError) as caught:
+        read_plain_csv_patients(path)
+    assert caught.value.errors == [(6, "1.2.5 has patient_id P3 here but P2 on an earlier row")]
+    assert read_plain_csv_patients(write(tmp_path, "ok.csv", "\n".join(
+        path.read_text().splitlines()[:5]) + "\n")) == {"1.2.3": "P1", "1.2.5": "P2"}
+    assert read_plain_csv_patients(write(tmp_path, "none.csv", "sop_instance_uid,label,x1,"
+                                         "y1,x2,y2\n1.2.3,,,,,\n")) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,16 @@ def write_model(model_dir: Path, seed: int = 0, image_size: int = IMAGE_SIZE,
     return card
 
 
-@pytest.fixture
-def tiny_model(tmp_path) -> Path:
-    directory = tmp_path / "model"
+@pytest.fixture(scope="session")
+def written_model(tmp_path_factory) -> Path:
+    """``write_model``'s folder, written once: building the network and hashing its
+    weights costs a few tenths of a second, and a dozen tests start from it."""
+    directory = tmp_path_factory.mktemp("written") / "model"
     write_model(directory)
     return directory
+
+
+@pytest.fixture
+def tiny_model(written_model, tmp_path) -> Path:
+    """A copy of its own, which a test may edit or damage."""
+    return Path(shutil.copytree(written_model, tmp_path / "model"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
 import sys
 import warnings
@@ -237,6 +239,11 @@ def _format_map(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # At exit the interpreter's last garbage collections walk every object left, and a
+    # process that imported torch (serve, worker, train, evaluate ...) has millions: 1.4-1.6 s
+    # of a stopped node's exit, 0.3 s when they are frozen first. The memory goes back to
+    # the operating system either way; atexit handlers (logging's flush) still run.
+    atexit.register(gc.freeze)
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)

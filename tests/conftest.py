@@ -17,6 +17,15 @@ from sqlalchemy import create_engine, inspect, make_url, text
 from storage.db import Database
 from tests.peers import MissingTool, require_tool
 
+# One OpenMP thread per process for torch, here and in every process a test starts (they
+# inherit the environment), unless the caller chose a number. Tests often run two torch
+# processes at once (this one and a node, two workers, a data loader), and on a 2-core
+# machine torch's default of a thread per core then spins on barriers: the same network
+# pass took 3-5 times the wall and CPU time with 2 threads as with 1 (128 px batch of 16:
+# 3.0-4.8 s against 0.6 s; one training epoch of the squares set: 65-92 s against 21-23 s,
+# with other processes on the machine). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_URL = os.environ.get("CXR_NODE_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")

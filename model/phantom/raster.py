@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -28,16 +29,32 @@ class _Frame:
         dx, dy = (px - self.ox) * self.mm, (py - self.oy) * self.mm
         return dx * self.cos + dy * self.sin, dy * self.cos - dx * self.sin
 
+    @cached_property
+    def _centres_mm(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every pixel centre of the grid in mm, computed once: a window is a slice of it.
+
+        Element by element the same float32 arithmetic as on a window's own centres, so
+        the values (and every image drawn with them) are identical; a phantom draws a
+        thousand windows, and computing each anew was a fifth of its time.
+        """
+        rows, columns = self.shape
+        x, y = self.to_mm(np.arange(columns, dtype=np.float32)[None, :] + 0.5,
+                          np.arange(rows, dtype=np.float32)[:, None] + 0.5)
+        x, y = x.astype(np.float32), y.astype(np.float32)
+        x.flags.writeable = y.flags.writeable = False  # shared by every window
+        return x, y
+
     def local(self, x0: float, y0: float, x1: float, y1: float):
-        """The grid window covering a patient-frame box, with its pixel centres in mm."""
+        """The grid window covering a patient-frame box, with its pixel centres in mm
+        (read-only views)."""
         px, py = self.to_px(np.array([x0, x1, x0, x1]), np.array([y0, y0, y1, y1]))
         c0, c1 = max(int(px.min()), 0), min(int(math.ceil(px.max())) + 1, self.shape[1])
         r0, r1 = max(int(py.min()), 0), min(int(math.ceil(py.max())) + 1, self.shape[0])
         if c1 <= c0 or r1 <= r0:
             return None
-        x, y = self.to_mm(np.arange(c0, c1, dtype=np.float32)[None, :] + 0.5,
-                          np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5)
-        return (slice(r0, r1), slice(c0, c1)), x.astype(np.float32), y.astype(np.float32)
+        window = (slice(r0, r1), slice(c0, c1))
+        x, y = self._centres_mm
+        return window, x[window], y[window]
 
     def fill(self, poly: np.ndarray) -> np.ndarray:
         """Boolean mask of a patient-frame polygon (even-odd rule, pixel centres)."""

@@ -65,6 +65,25 @@ def orthanc_tool(tool):
     tool("Orthanc")
 
 
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> str:
+    """A small untrained model (128 px) for the tests about what happens to results on
+    their way out (retries, dead letters, SIGKILL, claiming, grouping): they need the
+    objects a study gets, not the findings, and the bundled model reads at 768 px (a
+    worker's warm-up and each study cost seconds of it). The PACS test keeps the bundled
+    model, as a site runs it."""
+    from tests.model.conftest import write_model  # torch, only for these tests
+
+    folder = tmp_path_factory.mktemp("small-model")
+    write_model(folder, image_size=128)
+    return str(folder)
+
+
+@pytest.fixture
+def worker(small_model) -> dict:
+    return {**WORKER, "model_dir": small_model}
+
+
 def test_orthanc_sends_a_study_and_gets_sr_gsps_and_sc_back_in_it(start_node, tmp_path,
                                                                    orthanc_tool):
     node_port = free_port()
@@ -104,9 +123,9 @@ def test_orthanc_sends_a_study_and_gets_sr_gsps_and_sc_back_in_it(start_node, tm
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 
 
-def test_destination_down_then_up_gets_the_same_objects_after_a_retry(start_node, tmp_path):
+def test_destination_down_then_up_gets_the_same_objects_after_a_retry(start_node, tmp_path, worker):
     storescp = StorescpProcess(tmp_path)  # its port is chosen; it is not listening yet
-    node = start_node(worker=WORKER, destinations=destination(storescp.port),
+    node = start_node(worker=worker, destinations=destination(storescp.port),
                       sending=fast_retries())
     assert storescu(node.port, [write_chest(tmp_path / "in", 11, 2)]).returncode == 0
 
@@ -123,9 +142,9 @@ def test_destination_down_then_up_gets_the_same_objects_after_a_retry(start_node
 
 
 def test_destination_down_for_good_leaves_dead_letters_an_admin_can_requeue(start_node,
-                                                                            tmp_path):
+                                                                            tmp_path, worker):
     storescp = StorescpProcess(tmp_path)
-    node = start_node(worker=WORKER, destinations=destination(storescp.port),
+    node = start_node(worker=worker, destinations=destination(storescp.port),
                       sending=fast_retries(max_age=2))
     assert storescu(node.port, [write_chest(tmp_path / "in", 11, 3)]).returncode == 0
 
@@ -146,9 +165,9 @@ def test_destination_down_for_good_leaves_dead_letters_an_admin_can_requeue(star
         assert received_uids(storescp) == result_uids(node)
 
 
-def test_sigkill_with_transfers_pending_then_restart_sends_them(start_node, tmp_path):
+def test_sigkill_with_transfers_pending_then_restart_sends_them(start_node, tmp_path, worker):
     storescp = StorescpProcess(tmp_path)
-    node = start_node(worker=WORKER, destinations=destination(storescp.port),
+    node = start_node(worker=worker, destinations=destination(storescp.port),
                       sending=fast_retries())
     assert storescu(node.port, [write_chest(tmp_path / "in", 11, 4)]).returncode == 0
     wait_until(lambda: transfer_states(node).get(TransferState.PENDING) == 3, timeout=60)
@@ -161,10 +180,10 @@ def test_sigkill_with_transfers_pending_then_restart_sends_them(start_node, tmp_
 
 
 def test_sigkill_while_sending_then_restart_sends_at_once_not_after_the_lease(start_node,
-                                                                             tmp_path):
+                                                                             tmp_path, worker):
     storescp = StorescpProcess(tmp_path)
     silent = socket.create_server(("127.0.0.1", storescp.port))  # accepts, never answers
-    node = start_node(worker=WORKER, destinations=destination(storescp.port),
+    node = start_node(worker=worker, destinations=destination(storescp.port),
                       sending={"lease_seconds": 600})
     assert storescu(node.port, [write_chest(tmp_path / "in", 11, 5)]).returncode == 0
     wait_until(lambda: transfer_states(node).get(TransferState.SENDING) == 3, timeout=60)
@@ -182,14 +201,11 @@ def test_sigkill_while_sending_then_restart_sends_at_once_not_after_the_lease(st
 # shared by six test runs, hence a limit of its own.
 @pytest.mark.timeout(360)
 def test_two_worker_processes_on_postgresql_complete_each_of_30_jobs_once(
-        start_node, tmp_path, postgres_url):
-    from tests.model.conftest import write_model  # torch, only for this test
-
-    # What is proven is the claiming, not the findings: a small untrained 256 px model
-    # keeps 30 jobs in two processes to seconds (the bundled one reads at 768 px).
-    write_model(tmp_path / "model")
+        start_node, tmp_path, postgres_url, small_model):
+    # What is proven is the claiming, not the findings: the small model keeps 30 jobs in
+    # two processes to seconds (the bundled one reads at 768 px).
     node = start_node(database_url=postgres_url, completion={"study_quiet_seconds": 0.2},
-                      worker={"run_in_serve": False, "model_dir": str(tmp_path / "model")})
+                      worker={"run_in_serve": False, "model_dir": small_model})
     files = [write_chest(tmp_path / "in", 12, index, size=(256, 256)) for index in range(30)]
 
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
@@ -226,7 +242,7 @@ def test_two_worker_processes_on_postgresql_complete_each_of_30_jobs_once(
 
 
 def test_a_series_mixing_sizes_and_polarities_gets_every_result_at_the_pacs(start_node,
-                                                                             tmp_path):
+                                                                             tmp_path, worker):
     """A PA, a repeat PA collimated to another size, and an AP on a MONOCHROME1 plate, in
     one series, sent by storescu: the PACS (storescp) gets one SR, a GSPS per size and
     polarity, and an SC per image, after one analysis."""
@@ -238,7 +254,7 @@ def test_a_series_mixing_sizes_and_polarities_gets_every_result_at_the_pacs(star
     files = [study.image(series, size=320), study.image(series, size=384),
              study.image(series, size=384, photometric="MONOCHROME1", view="AP")]
     with StorescpProcess(tmp_path) as storescp:
-        node = start_node(worker=WORKER, destinations=destination(storescp.port),
+        node = start_node(worker=worker, destinations=destination(storescp.port),
                           sending=fast_retries())
         assert storescu(node.port, files).returncode == 0
         wait_until(lambda: transfer_states(node) == {TransferState.SENT: 7}, timeout=120,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,14 @@ from model.vocabulary import DEFAULT_FINDINGS
 IMAGE_SIZE = 256
 
 
-def write_model(model_dir: Path, seed: int = 0, **card_fields) -> ModelCard:
+def write_model(model_dir: Path, seed: int = 0, image_size: int = IMAGE_SIZE,
+                **card_fields) -> ModelCard:
     """Random (seeded) tf_efficientdet_d0 weights and a card that describes them."""
     model_dir.mkdir(parents=True, exist_ok=True)
     fields = dict(
         name="cxr-test", version="0.0.1-test", architecture="tf_efficientdet_d0",
-        image_size=IMAGE_SIZE, findings=DEFAULT_FINDINGS,
-        preprocessing={"image_size": IMAGE_SIZE, "low_percentile": 0.5,
+        image_size=image_size, findings=DEFAULT_FINDINGS,
+        preprocessing={"image_size": image_size, "low_percentile": 0.5,
                        "high_percentile": 99.5},
         thresholds={f.label: 0.5 for f in DEFAULT_FINDINGS}, weights_file="weights.pt",
         weights_sha256="0" * 64, training_data_fingerprint="1" * 64, code_version="test",
@@ -36,8 +38,16 @@ def write_model(model_dir: Path, seed: int = 0, **card_fields) -> ModelCard:
     return card
 
 
-@pytest.fixture
-def tiny_model(tmp_path) -> Path:
-    directory = tmp_path / "model"
+@pytest.fixture(scope="session")
+def written_model(tmp_path_factory) -> Path:
+    """``write_model``'s folder, written once: building the network and hashing its
+    weights costs a few tenths of a second, and a dozen tests start from it."""
+    directory = tmp_path_factory.mktemp("written") / "model"
     write_model(directory)
     return directory
+
+
+@pytest.fixture
+def tiny_model(written_model, tmp_path) -> Path:
+    """A copy of its own, which a test may edit or damage."""
+    return Path(shutil.copytree(written_model, tmp_path / "model"))

@@ -14,21 +14,17 @@ from tests.peers import REPO
 from tests.training.conftest import write_squares_set
 from training import metrics
 from training.dataset import read_labels_csv
-from training.train import TrainConfig, ground_truth, predicted_boxes, train
+from training.train import ground_truth, predicted_boxes
 
-# A training run (the module's fixture) and calibrate processes: limits of their own.
+# A training run (the shared fixture) and calibrate processes: limits of their own.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def trained(squares, tmp_path_factory):
-    """A model trained on the squares, validated on a fixed folder with 20 Masses."""
-    root = tmp_path_factory.mktemp("calibrate")
-    validation = write_squares_set(root / "validation", 30, seed=7)
-    model_dir = train(TrainConfig(data=squares, out=root / "run", validation_data=validation,
-                                  image_size=256, epochs=2, batch_size=8, learning_rate=2e-3,
-                                  device="cpu", version="0.0.1-test"), progress=False)
-    return model_dir, validation
+@pytest.fixture
+def trained(trained_squares):
+    """The shared run (tests/training/conftest.py): a model trained on the squares,
+    validated on a fixed folder with 20 Masses."""
+    return trained_squares.model_dir, trained_squares.validation
 
 
 def _calibrate(*args: str) -> subprocess.CompletedProcess:

@@ -22,22 +22,10 @@ from training.train import TrainConfig, TrainError, train
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def three_epochs(squares, tmp_path_factory):
-    """One 3-epoch run at 256 px, logged to MLflow, shared by the tests that read it: each
-    training run costs a quarter of a minute per epoch on a 2-core CPU."""
-    tmp = tmp_path_factory.mktemp("three")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    config = TrainConfig(data=squares, out=tmp / "run", image_size=256, epochs=3,
-                         batch_size=8, learning_rate=2e-3, device="cpu", version="0.0.1-test",
-                         mlflow_tracking_uri=uri)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(tmp)  # MLflow puts artifacts beside the working directory
-        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would make every
-        # later run in this process log there: the context restores the environment.
-        patch.setenv("MLFLOW_TRACKING_URI", "")
-        model_dir = train(config, progress=False)
-    return config, model_dir
+@pytest.fixture
+def three_epochs(trained_squares):
+    """The shared 3-epoch run (tests/training/conftest.py): its config and model folder."""
+    return trained_squares.config, trained_squares.model_dir
 
 
 def test_short_run_lowers_the_loss_and_writes_a_loadable_model(three_epochs):
@@ -49,8 +37,8 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_model(three_epochs):
     assert {"map50", "map40", "class_loss", "box_loss"} <= set(epochs[0])
     assert (config.out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((config.out / "config.json").read_text())
-    assert saved["image_size"] == 256 and saved["epochs"] == 3
-    # Squares of 26-67 px on the 256 px input; the smallest anchors are 32 px (scale 4).
+    assert saved["image_size"] == 128 and saved["epochs"] == 3
+    # Squares of 13-34 px on the 128 px input; the smallest anchors are 16 px (scale 2).
     coverage = json.loads((config.out / "anchor_coverage.json").read_text())
     assert coverage["Mass"]["boxes"] > 0 and coverage["Mass"]["covered"] > 0.5
     assert coverage["Nodule"] == {"boxes": 0, "covered": None, "anchors_per_box": None}
@@ -79,7 +67,7 @@ def test_a_run_is_logged_to_mlflow_when_a_tracking_uri_is_given(three_epochs):
     config = three_epochs[0]
     client = mlflow.MlflowClient(tracking_uri=config.mlflow_tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name(config.name).experiment_id])
-    assert run.data.params["image_size"] == "256"
+    assert run.data.params["image_size"] == "128"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "map50")] == [1, 2, 3]
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
     assert {"card.json", "training_curves.png", "config.json"} <= logged

@@ -42,11 +42,7 @@ def register(session: Session, model_dir: Path, *, state: ModelState = ModelStat
     """Add the model in ``model_dir`` (its card is validated, weights checked)."""
     model_dir = Path(model_dir).resolve()
     card = ModelCard.load(model_dir)
-    existing = session.scalar(select(ModelVersion).where(
-        ModelVersion.name == card.name, ModelVersion.version == card.version))
-    if existing is not None:
-        raise RegistryError(f"{card.name} {card.version} is already registered "
-                            f"(id {existing.id}, {existing.state})")
+    refuse_registered(session, card)
     version = ModelVersion(name=card.name, version=card.version, state=state,
                            path=str(model_dir), weights_sha256=card.weights_sha256,
                            parent_id=parent.id if parent else None, snapshot_id=snapshot_id,
@@ -55,6 +51,15 @@ def register(session: Session, model_dir: Path, *, state: ModelState = ModelStat
     session.add(version)
     session.flush()
     return version
+
+
+def refuse_registered(session: Session, card: ModelCard) -> None:
+    """Raise :class:`RegistryError` if ``card``'s name and version are registered already."""
+    existing = session.scalar(select(ModelVersion).where(
+        ModelVersion.name == card.name, ModelVersion.version == card.version))
+    if existing is not None:
+        raise RegistryError(f"{card.name} {card.version} is already registered "
+                            f"(id {existing.id}, {existing.state})")
 
 
 def active_version(session: Session) -> ModelVersion | None:

@@ -28,7 +28,14 @@ from storage.db import Database
 from storage.files import DicomFileStore
 from storage.models import DatasetSnapshot, ModelVersion, utcnow
 from training.evaluate import evaluate_model
-from training.registry import GateResult, active_version, gate, promote, register
+from training.registry import (
+    GateResult,
+    active_version,
+    gate,
+    promote,
+    refuse_registered,
+    register,
+)
 from training.snapshots import create_snapshot
 from training.train import TrainConfig, train
 
@@ -169,6 +176,8 @@ def judge_external(settings: Settings, db: Database, store: DicomFileStore, mode
         active = active_version(session)
         if active is None:
             raise RetrainError("no active model to judge against")
+        # Before the snapshot and the test-set evaluations, not after minutes of them.
+        refuse_registered(session, ModelCard.load(model_dir))
         findings = ModelCard.load(Path(active.path)).findings
     snapshot = create_snapshot(settings, db, store, findings)
     return judge(settings, db, Path(model_dir).resolve(), snapshot.id, device)

@@ -279,20 +279,48 @@ def _draw_bone(acc: np.ndarray, frame: _Frame, bone: _Bone) -> None:
     acc[sl] = np.maximum(acc[sl], bone.amp * value * np.clip((a - bone.a[0]) / 6 + 0.5, 0, 1))
 
 
-def _draw_segments(acc: np.ndarray, frame: _Frame, segments, combine) -> None:
-    """Tubes (vessels, airways) with a Gaussian cross-section, merged by ``combine`` so that
-    branch points do not pile up into nodule-like blobs."""
-    for x0, y0, x1, y1, radius, amp in segments:
-        r = max(radius, 0.7 * frame.mm)
-        win = frame.local(min(x0, x1) - 2.5 * r, min(y0, y1) - 2.5 * r,
-                          max(x0, x1) + 2.5 * r, max(y0, y1) + 2.5 * r)
-        if win is None:
-            continue
-        sl, x, y = win
-        dx, dy = x1 - x0, y1 - y0
-        t = np.clip(((x - x0) * dx + (y - y0) * dy) / (dx * dx + dy * dy + 1e-9), 0, 1)
-        d2 = (x - x0 - t * dx) ** 2 + (y - y0 - t * dy) ** 2
-        acc[sl] = combine(acc[sl], amp * np.exp(-d2 / (r * r)))
+def _draw_segments(acc: np.ndarray, frame: _Frame, segments, combine: np.ufunc) -> None:
+    """Tubes (vessels, airways) with a Gaussian cross-section, merged by ``combine``
+    (``np.maximum`` or ``np.minimum``) so that branch points do not pile up into
+    nodule-like blobs.
+
+    All segments at once: each one's window (:meth:`_Frame.local`) as a run of pixels, the
+    same float32 arithmetic per pixel as one segment at a time (its numbers rounded to
+    float32 as numpy does with a Python scalar), then ``combine.at`` in segment order.
+    A case has 700-800 segments; one numpy call per segment and step was half its time.
+    """
+    if not segments:
+        return
+    # The per-segment numbers in double precision, as Python computes them.
+    x0, y0, x1, y1, radius, amp = (np.array(v, np.float64) for v in zip(*segments,
+                                                                        strict=True))
+    r = np.maximum(radius, 0.7 * frame.mm)
+    left, top = np.minimum(x0, x1) - 2.5 * r, np.minimum(y0, y1) - 2.5 * r
+    right, bottom = np.maximum(x0, x1) + 2.5 * r, np.maximum(y0, y1) + 2.5 * r
+    # _Frame.local's window for each, from the same four corners.
+    px, py = frame.to_px(np.stack([left, right, left, right]), np.stack([top, top, bottom,
+                                                                         bottom]))
+    c0 = np.maximum(np.trunc(px.min(0)).astype(np.int64), 0)
+    c1 = np.minimum(np.ceil(px.max(0)).astype(np.int64) + 1, frame.shape[1])
+    r0 = np.maximum(np.trunc(py.min(0)).astype(np.int64), 0)
+    r1 = np.minimum(np.ceil(py.max(0)).astype(np.int64) + 1, frame.shape[0])
+    height, width = np.maximum(r1 - r0, 0), np.maximum(c1 - c0, 0)
+    sizes = height * width  # 0 for a window off the grid
+    segment = np.repeat(np.arange(len(sizes)), sizes)
+    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    rows = r0[segment] + within // width[segment]
+    columns = c0[segment] + within % width[segment]
+    xs, ys = frame._centres_mm
+    x, y = xs[rows, columns], ys[rows, columns]
+
+    def f32(values: np.ndarray) -> np.ndarray:
+        return values.astype(np.float32)[segment]
+
+    dx, dy = x1 - x0, y1 - y0
+    sx0, sy0, sdx, sdy = f32(x0), f32(y0), f32(dx), f32(dy)
+    t = np.clip(((x - sx0) * sdx + (y - sy0) * sdy) / f32(dx * dx + dy * dy + 1e-9), 0, 1)
+    d2 = (x - sx0 - t * sdx) ** 2 + (y - sy0 - t * sdy) ** 2
+    combine.at(acc, (rows, columns), f32(amp) * np.exp(-d2 / f32(r * r)))
 
 
 def _render_anatomy(body: _Body, masks: _Masks, rng: np.random.Generator):

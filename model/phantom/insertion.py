@@ -87,20 +87,52 @@ def _spacing_mm(source: Dataset) -> tuple[float, bool]:
     return _ASSUMED_FIELD_MM / max(source.Rows, source.Columns), False
 
 
+def _connected(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The pixels of ``allowed`` 4-connected to a pixel of ``seed & allowed``.
+
+    Labels runs, not pixels: the runs of ``allowed`` in each row, joined where runs of
+    adjacent rows share a column (union-find), so the cost follows the number of runs,
+    not the region's width in dilation steps (a lung took a hundred whole-grid passes).
+    """
+    padded = np.zeros((allowed.shape[0], allowed.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = allowed
+    edges = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(edges == 1)  # row-major: each row's runs left to right
+    ends = np.nonzero(edges == -1)[1]  # exclusive
+    first = np.searchsorted(rows, np.arange(allowed.shape[0] + 1)).tolist()
+    row_of, start, end = rows.tolist(), starts.tolist(), ends.tolist()
+    parent = list(range(len(start)))
+
+    def root(run: int) -> int:
+        while parent[run] != run:
+            parent[run] = parent[parent[run]]
+            run = parent[run]
+        return run
+
+    for row in range(allowed.shape[0] - 1):
+        i, i_end, j, j_end = first[row], first[row + 1], first[row + 1], first[row + 2]
+        while i < i_end and j < j_end:  # both rows' runs in column order
+            if start[i] < end[j] and start[j] < end[i]:
+                parent[root(i)] = root(j)
+            if end[i] < end[j]:
+                i += 1
+            else:
+                j += 1
+    seeded = set()
+    for r, c in zip(*np.nonzero(seed & allowed), strict=True):
+        run = first[r] + int(np.searchsorted(starts[first[r]:first[r + 1]], c, side="right")) - 1
+        seeded.add(root(run))
+    region = np.zeros(allowed.shape, bool)
+    for run in range(len(start)):
+        if root(run) in seeded:
+            region[row_of[run], start[run]:end[run]] = True
+    return region
+
+
 def _grow(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """The 4-connected part of ``allowed`` that holds ``seed``, each row then filled from
     its first to its last pixel (closing the holes that opacities in the lung leave)."""
-    region = seed & allowed
-    while True:
-        grown = region.copy()
-        grown[1:] |= region[:-1]
-        grown[:-1] |= region[1:]
-        grown[:, 1:] |= region[:, :-1]
-        grown[:, :-1] |= region[:, 1:]
-        grown &= allowed
-        if (grown == region).all():
-            break
-        region = grown
+    region = _connected(seed, allowed)
     for row in np.flatnonzero(region.any(1)):
         cs = np.flatnonzero(region[row])
         region[row, cs[0]:cs[-1] + 1] = True

@@ -12,6 +12,11 @@ TOOL_BINARIES := storescu echoscu storescp dcmconv dcmcjpls dcmp2pgm dsr2html dc
 # pinned (node/viewer.py names the same version).
 OHIF_VERSION := 3.13.2
 OHIF_DIST := var/ohif/$(OHIF_VERSION)/dist
+# pytest-xdist workers, a test module to a worker (tests/conftest.py): most integration tests
+# wait on processes and sockets, so a 2-core machine runs three at once; TEST_WORKERS=0 runs
+# the suite in one process.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
 
 .PHONY: run test test-unit bench tools viewer-assets demo-viewer lint clean
 
@@ -51,12 +56,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed tools viewer-assets
 	$(VENV)/bin/ruff check node model training storage config tests benchmarks
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The quick tier: no peer process, no PostgreSQL, no training run (markers: tests/conftest.py).
 test-unit: $(VENV)/.installed tools
 	$(VENV)/bin/ruff check node model training storage config tests benchmarks
-	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not integration and not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed tools
 	$(PY) benchmarks/ingest.py

@@ -64,6 +64,25 @@ SLOW_TESTS = frozenset({
 # on a loaded 2-core machine, so a limit above pyproject's backstop.
 BUNDLED_MODEL_MODULES = {"tests/integration/test_results_flow.py": 300,
                          "tests/integration/test_tls.py": 300}
+# Modules that share a costly session fixture run in the same xdist worker, so that it is
+# built once, not in each: a training run (trained_squares).
+SHARED_WORKER = {"tests/training/test_calibrate.py": "tests/training/test_train.py"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`make test` runs the suite in pytest-xdist workers, a module to a worker: module
+    fixtures are built once and a module's tests keep their order (the learning loop's
+    build on each other). xdist's own ``--dist loadgroup`` cannot do this with pytest 9,
+    whose node ids it can no longer rename, so the grouping is by module here, with
+    SHARED_WORKER joining modules."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return SHARED_WORKER.get(module, module)
+
+    return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,7 +16,7 @@ OHIF_DIST := var/ohif/$(OHIF_VERSION)/dist
 # wait on processes and sockets, so a 2-core machine runs three at once; TEST_WORKERS=0 runs
 # the suite in one process.
 TEST_WORKERS ?= 3
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 .PHONY: run test test-unit bench tools viewer-assets demo-viewer lint clean
 

@@ -304,6 +304,61 @@ class SchedulerSettings(_Section):
     _check_crons = field_validator("retrain_cron", "report_cron", "retention_cron")(_check_cron)
 
 
+class WebTlsSettings(_Section):
+    """HTTPS for the web service: a server certificate and its key (no client certificates)."""
+
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _files_present(self) -> WebTlsSettings:
+        if not self.enabled:
+            return self
+        for name in ("certificate", "private_key"):
+            path = getattr(self, name)
+            if path is None:
+                raise ValueError(f"{name} is required when TLS is enabled")
+            if not Path(path).is_file():
+                raise ValueError(f'{name} "{path}" is not a readable file')
+        return self
+
+
+class WebSettings(_Section):
+    """The node's web service: health checks and Prometheus metrics (the console later).
+
+    ``cxr-node serve`` and ``cxr-node web`` listen on ``bind_address:port``; ``cxr-node
+    worker`` serves the same health and metrics endpoints on ``worker_port``, so that
+    every process of a scaled-out site can be scraped.
+    """
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    # `cxr-node worker`: its own port (one per worker process on a host); empty: none.
+    worker_port: int | None = Field(default=8081, ge=1, le=65535)
+    tls: WebTlsSettings = Field(default_factory=WebTlsSettings)
+    # Empty: /metrics is open. Otherwise scrapers send "Authorization: Bearer <token>".
+    metrics_token: str | None = None
+
+    @field_validator("bind_address")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f'"{value}" is not an IP address') from exc
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_token(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) < 16 or not value.isprintable()
+                                  or value != value.strip() or " " in value):
+            raise ValueError("a bearer token is at least 16 printable characters, no spaces")
+        return value
+
+
 class LoggingSettings(_Section):
     level: str = "INFO"
 
@@ -327,6 +382,7 @@ class Settings(_Section):
     labels: LabelSettings = Field(default_factory=LabelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("destinations")

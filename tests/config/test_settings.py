@@ -76,8 +76,13 @@ def test_config_path_from_environment_when_none_given(tmp_path):
     ({"dicom": {"tls": {"enabled": True}}}, ["dicom.tls", "certificate"]),
     ({"logging": {"level": "LOUD"}}, ["logging.level", "LOUD"]),
     ({"node": {"device_uid": "1.2.abc"}}, ["node.device_uid"]),
+    ({"web": {"port": 0}}, ["web.port"]),
+    ({"web": {"bind_address": "localhost"}}, ["web.bind_address", "localhost"]),
+    ({"web": {"tls": {"enabled": True}}}, ["web.tls", "certificate"]),
+    ({"web": {"metrics_token": "short"}}, ["web.metrics_token", "16"]),
 ], ids=["port-range", "unknown-key", "ae-title-too-long", "ae-title-backslash", "peer-host",
-        "tls-without-files", "log-level", "device-uid"])
+        "tls-without-files", "log-level", "device-uid", "web-port", "web-bind-address",
+        "web-tls-without-files", "web-metrics-token-too-short"])
 def test_bad_value_names_the_key(tmp_path, data, expected):
     path = write_config(tmp_path, data)
 

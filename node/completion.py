@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from node.ingest import ActiveStudies
 from node.loop import PollingThread
+from node.metrics import NodeMetrics
 from storage.db import Database
 from storage.jobs import queue_study_job
 from storage.models import Study, StudyState, utcnow
@@ -70,11 +71,15 @@ class CompletionMonitor(PollingThread):
     periodic = True
 
     def __init__(self, db: Database, active: ActiveStudies, quiet_seconds: float,
-                 check_interval_seconds: float) -> None:
+                 check_interval_seconds: float, metrics: NodeMetrics | None = None) -> None:
         super().__init__("completion-monitor", check_interval_seconds)
         self.db = db
         self.active = active
         self.quiet_seconds = quiet_seconds
+        self.metrics = metrics or NodeMetrics()
 
     def step(self) -> int:
-        return len(complete_quiet_studies(self.db, self.quiet_seconds, self.active.snapshot()))
+        completed = len(complete_quiet_studies(self.db, self.quiet_seconds,
+                                               self.active.snapshot()))
+        self.metrics.studies_completed.inc(completed)
+        return completed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 
 import pydicom
 from pynetdicom import AE, evt
@@ -20,6 +21,7 @@ from sqlalchemy import select
 
 from config.settings import Destination, Settings
 from node.loop import PollingThread
+from node.metrics import NodeMetrics
 from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
@@ -66,10 +68,12 @@ def _why_not_established(association, where: str,  # noqa: ANN001 - pynetdicom
 class Sender:
     """Sends what is due in the outbox; ``send_due`` is one pass, ``SenderThread`` loops it."""
 
-    def __init__(self, settings: Settings, db: Database, store: DicomFileStore) -> None:
+    def __init__(self, settings: Settings, db: Database, store: DicomFileStore,
+                 metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
         self.db = db
         self.store = store
+        self.metrics = metrics or NodeMetrics()
         self.backoff = backoff_from(settings)
         self.owner = lease_owner("sender")
 
@@ -82,7 +86,9 @@ class Sender:
         sent = 0
         for name, transfer_ids in claimed.items():
             destination = self.settings.destination(name)
+            started = time.perf_counter()
             sent += self._send_batch(destination, transfer_ids)
+            self.metrics.stage_seconds.labels(stage="send").observe(time.perf_counter() - started)
         return sent
 
     def _load(self, transfer_ids: list[int]) -> list[tuple[int, pydicom.Dataset | None, str]]:
@@ -174,6 +180,7 @@ class Sender:
         with self.db.session() as session:
             if not mark_sent(session, transfer_id, self.owner):
                 return
+            self.metrics.results_sent.labels(destination=destination.name).inc()
             audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "result-sent",
                          Outcome.SUCCESS, f"{ds.Modality} {ds.SOPClassUID} sent to "
                          f"{destination.name}", called_ae_title=destination.ae_title,
@@ -182,6 +189,7 @@ class Sender:
 
     def _failed(self, transfer_id: int, study_uid: str, destination: Destination, error: str,
                 ds: pydicom.Dataset | None = None) -> None:
+        self.metrics.send_failures.labels(destination=destination.name).inc()
         with self.db.session() as session:
             state = mark_failed(session, transfer_id, self.owner, error, self.backoff)
             if state == TransferState.DEAD:

@@ -33,6 +33,7 @@ from model.detector import Detection, Detector
 from model.preprocess import Letterbox, UnsupportedImage, preprocess
 from node.gate import check_eligibility
 from node.loop import PollingThread
+from node.metrics import NodeMetrics
 from node.reporting import Published, Reporter, Unbuilt
 from storage import audit
 from storage.audit import AuditEventId, Outcome
@@ -112,11 +113,14 @@ class Worker:
     """Claims and analyses jobs; ``run_once`` is one claim-analyse-publish pass."""
 
     def __init__(self, settings: Settings, db: Database, store: DicomFileStore,
-                 detector: Detector, model_version_id: int | None = None) -> None:
+                 detector: Detector, model_version_id: int | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
         self.db = db
         self.store = store
         self.detector = detector
+        self.metrics = metrics or NodeMetrics()
+        self.metrics.model_loaded(detector.card.name, detector.card.version)
         self.reporter = Reporter(settings, store, detector.card)
         # The registry version running here; None: a fixed model that follows no registry.
         self.model_version_id = model_version_id
@@ -154,6 +158,7 @@ class Worker:
             return False
         self.detector, self.model_version_id = detector, version_id
         self.reporter = Reporter(self.settings, self.store, detector.card)
+        self.metrics.model_loaded(detector.card.name, detector.card.version)
         with self.db.session() as session:
             audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-loaded",
                          Outcome.SUCCESS, f"worker {self.owner} now runs {detector.card.name} "
@@ -185,13 +190,15 @@ class Worker:
         written: list[Path] = []
         try:
             with self.db.session() as session:
-                for job in fail_abandoned_jobs(session, worker.max_attempts):
+                abandoned = fail_abandoned_jobs(session, worker.max_attempts)
+                for job in abandoned:
                     self._audit_failure(session, job.id, job.error or "abandoned")
                     written += self._report_failure(session, job.id, job.error or "abandoned")
         except BaseException:
             for path in written:  # their rows were rolled back
                 path.unlink(missing_ok=True)
             raise
+        self.metrics.jobs.labels(outcome="failed").inc(len(abandoned))
         job_ids = claim_jobs(self.db, self.owner, worker.lease_seconds, self.jobs_per_claim,
                              worker.max_attempts)
         started = time.perf_counter()
@@ -212,7 +219,10 @@ class Worker:
             job = session.get(Job, job_id)
             study = session.get(Study, job.study_id)
             rows = _study_instances(session, study.id)
+        started = time.perf_counter()
         images = [_read_image(self.store, instance, series_uid) for instance, series_uid in rows]
+        read = time.perf_counter()
+        self.metrics.stage_seconds.labels(stage="read").observe(read - started)
         config = self.detector.preprocess_config
         for image in images:
             if image.analysed:
@@ -220,14 +230,16 @@ class Worker:
                     image.image, image.letterbox = preprocess(image.dataset, config)
                 except (UnsupportedImage, ValueError) as exc:
                     image.skip_reason = f"pixel data not usable: {exc}"
+        self.metrics.stage_seconds.labels(stage="preprocess").observe(time.perf_counter() - read)
         return PreparedJob(job_id, study.id, study.study_uid, images)
 
     def analyse(self, jobs: list[PreparedJob]) -> None:
         """Run the model once over the readable images of all ``jobs`` together."""
         readable = [image for job in jobs for image in job.images if image.analysed]
-        results = self.detector.predict_images(
-            [image.image for image in readable], [image.letterbox for image in readable],
-            batch_size=self.settings.worker.images_per_batch)
+        with self.metrics.stage_seconds.labels(stage="model").time():
+            results = self.detector.predict_images(
+                [image.image for image in readable], [image.letterbox for image in readable],
+                batch_size=self.settings.worker.images_per_batch)
         for image, detections in zip(readable, results, strict=True):
             image.detections = detections
             image.image = None  # the model input is no longer needed; free it early
@@ -235,6 +247,7 @@ class Worker:
     def publish(self, job: PreparedJob) -> bool:
         """Store findings and result objects and complete the job, if it is still ours."""
         written: list[Path] = []
+        started = time.perf_counter()
         try:
             with self.db.session() as session:
                 self._record_images(session, job)
@@ -248,6 +261,7 @@ class Worker:
                            job.job_id)
             for path in written:
                 path.unlink(missing_ok=True)
+            self.metrics.jobs.labels(outcome="taken-over").inc()
             return False
         except Exception as exc:  # noqa: BLE001 - record it on the job and carry on
             LOGGER.exception("job %s could not be published", job.job_id)
@@ -255,6 +269,11 @@ class Worker:
                 path.unlink(missing_ok=True)
             self._release(job.job_id, f"publishing failed: {exc}")
             return False
+        self.metrics.stage_seconds.labels(stage="results").observe(time.perf_counter() - started)
+        self.metrics.jobs.labels(outcome="done").inc()
+        for image in job.images:
+            for detection in image.detections:
+                self.metrics.findings.labels(label=detection.finding.label).inc()
         return True
 
     def run_once(self, jobs: list[PreparedJob] | None = None) -> int:
@@ -365,6 +384,7 @@ class Worker:
                                            self.settings.worker.max_attempts)
                 if state is not None:
                     final = state == JobState.FAILED
+                    self.metrics.jobs.labels(outcome="failed" if final else "retried").inc()
                     self._audit_failure(session, job_id, error, final=final)
                     if final:
                         written = self._report_failure(session, job_id, error)

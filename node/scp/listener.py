@@ -23,6 +23,7 @@ import io
 import logging
 import ssl
 import threading
+import time
 import uuid
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -35,6 +36,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from config.settings import Settings
 from node.ingest import ActiveStudies, Ingest, StoreRequest
+from node.metrics import NodeMetrics
 from node.scp.acse import PeerCheckingACSE
 from node.scp.dimse import StreamingDIMSE
 from node.scp.policy import PendingConnections, Policy
@@ -97,13 +99,15 @@ class Listener:
     """The C-ECHO/C-STORE SCP of the node, started and stopped by ``cxr-node serve``."""
 
     def __init__(self, settings: Settings, db: Database, store: DicomFileStore,
-                 ingest: Ingest, active: ActiveStudies) -> None:
+                 ingest: Ingest, active: ActiveStudies,
+                 metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
         self.db = db
         self.store = store
         self.ingest = ingest
         self.active = active
-        self.policy = Policy(settings, db, store)
+        self.metrics = metrics or NodeMetrics()
+        self.policy = Policy(settings, db, store, self.metrics)
         self.pending = PendingConnections(settings.dicom.max_pending_connections_per_address)
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -158,6 +162,21 @@ class Listener:
         if self._server is None:
             return self.settings.dicom.port
         return self._server.server_address[1]
+
+    def not_accepting(self) -> str | None:
+        """Why the listener cannot accept associations now, or None when it can (readiness).
+
+        Judged from inside (listening socket open, serving thread alive): connecting to the
+        port would hold a pending-connection slot for the ACSE timeout.
+        """
+        server = self._server
+        if server is None:
+            return "the DICOM listener is not started"
+        if server.socket.fileno() < 0:
+            return "the DICOM listener's socket is closed"
+        if self._thread is None or not self._thread.is_alive():
+            return "the DICOM listener's thread has stopped"
+        return None
 
     def stop(self) -> None:
         if self._server is not None:
@@ -254,6 +273,7 @@ class Listener:
             status = Dataset()
             status.Status = int(StoreStatus.HANDLER_FAILED)
             return status
+        started = time.perf_counter()
         dimse: StreamingDIMSE = assoc.dimse
         request = event.request
         incoming = dimse.take_pending(int(request.MessageID))
@@ -279,6 +299,12 @@ class Listener:
             ),
             dimse.held_studies,
         )
+        if result.status == StoreStatus.SUCCESS:
+            self.metrics.instances_received.inc()
+            self.metrics.received_bytes.inc(incoming.size)
+        else:
+            self.metrics.instances_refused.labels(status=f"0x{result.status:04X}").inc()
+        self.metrics.store_seconds.observe(time.perf_counter() - started)
         status = Dataset()
         status.Status = int(result.status)
         if result.status != StoreStatus.SUCCESS:
@@ -291,6 +317,7 @@ class Listener:
         if self._refuse_unguarded(assoc):
             return
         assoc.dimse.established = True
+        self.metrics.associations_accepted.inc()
         with self.db.session() as session:
             audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "association-accepted",
                          Outcome.SUCCESS, f"{len(assoc.accepted_contexts)} presentation contexts",

@@ -7,6 +7,7 @@ import threading
 
 from config.settings import Settings
 from node import statuses
+from node.metrics import NodeMetrics
 from node.statuses import Rejection, StoreStatus
 from storage import audit
 from storage.audit import AuditEventId, Outcome
@@ -48,10 +49,12 @@ class PendingConnections:
 class Policy:
     """The listener's rules and their audit rows, apart from the protocol code that asks."""
 
-    def __init__(self, settings: Settings, db: Database, store: DicomFileStore) -> None:
+    def __init__(self, settings: Settings, db: Database, store: DicomFileStore,
+                 metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
         self.db = db
         self.store = store
+        self.metrics = metrics or NodeMetrics()
 
     def check_association(self, calling: str, called: str, address: str,
                           serving: int) -> Rejection | None:
@@ -62,23 +65,29 @@ class Policy:
         dicom = self.settings.dicom
         peer = dicom.peer(calling)
         rejection: Rejection | None = None
-        detail = ""
+        detail = reason = ""
         if peer is None:
             rejection, detail = statuses.CALLING_AE_NOT_RECOGNISED, "unknown calling AE title"
+            reason = "unknown-calling-ae-title"
         elif not peer.allows(address):
             rejection = statuses.CALLING_AE_NOT_RECOGNISED
             detail = f"{calling} is not allowed from {address}"
+            reason = "calling-ae-title-from-other-address"
         elif called != dicom.ae_title:
             rejection = statuses.CALLED_AE_NOT_RECOGNISED
             detail = f"called AE title {called!r} is not {dicom.ae_title!r}"
+            reason = "wrong-called-ae-title"
         elif serving > dicom.max_associations:
             rejection = statuses.LOCAL_LIMIT_EXCEEDED
             detail = f"already serving max_associations={dicom.max_associations}"
+            reason = "max-associations"
         elif self.store.free_bytes() < dicom.min_free_disk_bytes:
             rejection = statuses.TEMPORARY_CONGESTION
             detail = "free disk space on the data volume is below min_free_disk_bytes"
+            reason = "low-disk"
         if rejection is None:
             return None
+        self.metrics.associations_rejected.labels(reason=reason).inc()
         security = rejection in (statuses.CALLING_AE_NOT_RECOGNISED,
                                  statuses.CALLED_AE_NOT_RECOGNISED)
         with self.db.session() as session:

@@ -21,9 +21,13 @@ def _parser() -> argparse.ArgumentParser:
                         "else built-in defaults); CXR_NODE_<SECTION>__<KEY> overrides any key")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("serve", help="run the node: listener, completion, worker and sender")
+    commands.add_parser("serve", help="run the node: listener, completion, worker, sender and "
+                        "web service")
     commands.add_parser("worker", help="run an analysis worker and a sender only (scale-out: "
-                        "more of these on hosts that share the database and storage)")
+                        "more of these on hosts that share the database and storage); health "
+                        "and metrics on web.worker_port")
+    commands.add_parser("web", help="run the web service (health, metrics) alone, on the "
+                        "node's database")
 
     demo = commands.add_parser("demo", help="the whole loop on this machine: node, a PACS, "
                                "generated studies and a real one, results and latency")
@@ -326,6 +330,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from node.server import work
 
         return work(settings)
+    if args.command == "web":
+        from node.server import serve_web
+
+        return serve_web(settings)
     if args.command == "transfers":
         from node.admin import list_transfers, retry_transfers
 

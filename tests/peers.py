@@ -69,7 +69,14 @@ class NodeProcess:
         dicom.update(sections.pop("dicom", {}))
         # No analysis worker unless a test asks for one: most tests are about receiving,
         # and the model would only cost them start-up time.
-        config = {"dicom": dicom,
+        # The web service on a free port of its own, so parallel tests never meet on 8080;
+        # `cxr-node worker` processes started from this configuration serve none unless
+        # a test gives web.worker_port.
+        self.web_port = free_port()
+        web = {"enabled": True, "bind_address": "127.0.0.1", "port": self.web_port,
+               "worker_port": None, **sections.pop("web", {})}
+        self.web_port = web["port"]
+        config = {"dicom": dicom, "web": web,
                   "storage": {"data_dir": str(self.data_dir), "database_url": database_url},
                   "completion": {"study_quiet_seconds": 1.0, "check_interval_seconds": 0.1},
                   "worker": {"run_in_serve": False, "device": "cpu"},

@@ -124,6 +124,18 @@ def test_port_in_use_is_refused_before_loading(tmp_path):
     assert str(node.port) in line
 
 
+def test_web_port_in_use_is_refused_before_loading(tmp_path):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        node = analysing_node(tmp_path, web={"port": taken})
+
+        line = assert_refused(*serve_without_model(node), "web.port", "in use")
+
+    assert str(taken) in line
+
+
 def test_bind_address_not_on_this_host_is_refused(tmp_path):
     # 192.0.2.1 is TEST-NET-1 (RFC 5737): documentation only, on no host.
     node = analysing_node(tmp_path, dicom={"bind_address": "192.0.2.1"})

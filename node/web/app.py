@@ -1,0 +1,61 @@
+"""The ASGI application: health, readiness and metrics (and, later, the console's pages).
+
+Every endpoint that touches the database or the disk is a plain function, which Starlette
+runs in its thread pool: a slow database delays that answer, never the event loop, and the
+web service runs in threads of its own, so it never blocks the DICOM listener or the worker.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from config.settings import Settings
+from node.metrics import NodeMetrics
+from node.web.health import Readiness
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
+              role: str) -> Starlette:
+    """The app of one process; ``role`` (serve, worker, web) is shown on its front page."""
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+    token = settings.web.metrics_token
+
+    def index(request: Request) -> Response:
+        return templates.TemplateResponse(request, "index.html", {
+            "settings": settings, "role": role, "checks": list(readiness.checks)})
+
+    def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    def readyz(_: Request) -> Response:
+        ready, checks = readiness.run()
+        reasons = [reason for reason in checks.values() if reason != "ok"]
+        return JSONResponse({"ready": ready, "checks": checks, "reasons": reasons},
+                            status_code=200 if ready else 503)
+
+    def metrics_endpoint(request: Request) -> Response:
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return PlainTextResponse("a bearer token is required (web.metrics_token)\n",
+                                         status_code=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        return Response(generate_latest(metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return Starlette(routes=[
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+    ])

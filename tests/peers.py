@@ -75,7 +75,7 @@ class NodeProcess:
         self.web_port = free_port()
         web = {"enabled": True, "bind_address": "127.0.0.1", "port": self.web_port,
                "worker_port": None, **sections.pop("web", {})}
-        self.web_port = web["port"]
+        self.web_port = web["port"] if web["enabled"] else None
         config = {"dicom": dicom, "web": web,
                   "storage": {"data_dir": str(self.data_dir), "database_url": database_url},
                   "completion": {"study_quiet_seconds": 1.0, "check_interval_seconds": 0.1},
@@ -105,6 +105,8 @@ class NodeProcess:
         log.close()
         try:
             wait_for_port(self.port, timeout, self.process)
+            if self.web_port:  # the web service starts after the listener
+                wait_for_port(self.web_port, timeout, self.process)
         except Exception:
             self.stop()
             raise RuntimeError(f"cxr-node did not start:\n{self.log()}") from None

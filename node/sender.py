@@ -74,6 +74,9 @@ class Sender:
         self.db = db
         self.store = store
         self.metrics = metrics or NodeMetrics()
+        for destination in settings.destinations:  # each series exists from the start, at zero
+            self.metrics.results_sent.labels(destination=destination.name)
+            self.metrics.send_failures.labels(destination=destination.name)
         self.backoff = backoff_from(settings)
         self.owner = lease_owner("sender")
 

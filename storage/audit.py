@@ -24,6 +24,7 @@ class AuditEventId(StrEnum):
     INSTANCES_ACCESSED = "110103"  # images read by the detector
     INSTANCES_TRANSFERRED = "110104"
     SECURITY_ALERT = "110113"
+    USER_AUTHENTICATION = "110114"  # console login, failed login, logout, lockout
 
 
 class Outcome(IntEnum):
@@ -47,11 +48,21 @@ def record(
     peer_address: str | None = None,
     study_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    user_name: str | None = None,
 ) -> AuditEvent:
-    """Add one audit row to ``session`` (committed with the caller's transaction) and log it."""
+    """Add one audit row to ``session`` (committed with the caller's transaction) and log it.
+
+    ``user_name`` is the person acting (PS3.15 A.5.3.2 UserID of the requesting
+    ActiveParticipant): a console account, or ``cli:<os user>`` for a command.
+    """
     level = logging.INFO if outcome == Outcome.SUCCESS else logging.WARNING
-    LOGGER.log(level, "%s %s: %s (calling %s from %s, study %s, instance %s)", event_id,
-               event_type, message, calling_ae_title, peer_address, study_uid, sop_instance_uid)
+    if user_name is not None:
+        LOGGER.log(level, "%s %s: %s (user %s%s)", event_id, event_type, message, user_name,
+                   f" from {peer_address}" if peer_address else "")
+    else:
+        LOGGER.log(level, "%s %s: %s (calling %s from %s, study %s, instance %s)", event_id,
+                   event_type, message, calling_ae_title, peer_address, study_uid,
+                   sop_instance_uid)
     row = AuditEvent(
         event_id=str(event_id),
         event_type=event_type,
@@ -62,6 +73,7 @@ def record(
         peer_address=peer_address,
         study_uid=study_uid,
         sop_instance_uid=sop_instance_uid,
+        user_name=user_name[:80] if user_name is not None else None,
     )
     session.add(row)
     return row

@@ -402,4 +402,53 @@ class AuditEvent(Base):
     peer_address: Mapped[str | None] = mapped_column(String(64))
     study_uid: Mapped[str | None] = mapped_column(UID)
     sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    # ATNA ActiveParticipant UserID of a person: a console account, or "cli:<os user>".
+    user_name: Mapped[str | None] = mapped_column(String(80))
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class UserRole(StrEnum):
+    """Console roles, each including the one before: viewer < operator < admin."""
+
+    VIEWER = "viewer"  # reads
+    OPERATOR = "operator"  # retries transfers, analyses again, runs jobs
+    ADMIN = "admin"  # promotes, rolls back, imports labels, manages users
+
+    @property
+    def rank(self) -> int:
+        return list(UserRole).index(self)
+
+    def allows(self, needed: UserRole) -> bool:
+        return self.rank >= UserRole(needed).rank
+
+
+class User(Base):
+    """A console account; the password only as an argon2id hash (PHC string)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[UserRole] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Failed logins since the last success or lock; at web.max_failed_logins it locks.
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class WebSession(Base):
+    """A logged-in browser: the SHA-256 of its cookie's token, never the token itself."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    source_address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

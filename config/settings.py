@@ -325,7 +325,7 @@ class WebTlsSettings(_Section):
 
 
 class WebSettings(_Section):
-    """The node's web service: health checks and Prometheus metrics (the console later).
+    """The node's web service: health checks, Prometheus metrics and the admin console.
 
     ``cxr-node serve`` and ``cxr-node web`` listen on ``bind_address:port``; ``cxr-node
     worker`` serves the same health and metrics endpoints on ``worker_port``, so that
@@ -340,6 +340,11 @@ class WebSettings(_Section):
     tls: WebTlsSettings = Field(default_factory=WebTlsSettings)
     # Empty: /metrics is open. Otherwise scrapers send "Authorization: Bearer <token>".
     metrics_token: str | None = None
+    # Console accounts: wrong passwords in a row before an account is locked, for how long;
+    # and how long a login lasts (the session ends then, or at logout, whichever is first).
+    max_failed_logins: int = Field(default=5, ge=1, le=100)
+    lockout_seconds: float = Field(default=900.0, ge=1)
+    session_hours: float = Field(default=8.0, gt=0, le=720)
 
     @field_validator("bind_address")
     @classmethod

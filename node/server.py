@@ -26,6 +26,7 @@ from node.preflight import listen_error, open_checked
 from node.scp import Listener
 from node.sender import Sender, SenderThread
 from node.web.app import build_app
+from node.web.auth import Accounts
 from node.web.health import Readiness, database_check, disk_check
 from node.web.server import WebServer, check_web_address
 from storage import audit
@@ -106,8 +107,10 @@ class Node:
         self.sender = SenderThread(Sender(settings, self.db, self.store, self.metrics),
                                    settings.sending.poll_interval_seconds)
         if web_port is not None:
+            # The console with the receiving node; a worker's port: health and metrics only.
             app = build_app(settings, self.readiness(), self.metrics,
-                            "serve" if receive else "worker")
+                            "serve" if receive else "worker",
+                            Accounts(settings, self.db) if receive else None)
             self.web = WebServer(app, settings.web, *web_port)
         # In one process the parts wake each other instead of waiting for their next poll.
         if self.worker and self.completion:
@@ -236,8 +239,8 @@ def serve_web(settings: Settings) -> int:
     readiness.add("database", database_check(db))
     readiness.add("disk", disk_check(settings.storage.data_dir,
                                      settings.dicom.min_free_disk_bytes))
-    web = WebServer(build_app(settings, readiness, metrics, "web"), settings.web,
-                    settings.web.port, "web.port")
+    web = WebServer(build_app(settings, readiness, metrics, "web", Accounts(settings, db)),
+                    settings.web, settings.web.port, "web.port")
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())

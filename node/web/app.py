@@ -1,8 +1,12 @@
-"""The ASGI application: health, readiness and metrics (and, later, the console's pages).
+"""The ASGI application: health, readiness and metrics, and the console's pages.
 
 Every endpoint that touches the database or the disk is a plain function, which Starlette
 runs in its thread pool: a slow database delays that answer, never the event loop, and the
 web service runs in threads of its own, so it never blocks the DICOM listener or the worker.
+
+``/healthz`` and ``/readyz`` are open (an orchestrator has no account), ``/metrics`` asks
+for ``web.metrics_token`` when one is set, ``/`` shows only what the configuration file
+says. Everything else is the console, each route behind :func:`node.web.auth.require`.
 """
 
 from __future__ import annotations
@@ -19,20 +23,29 @@ from starlette.templating import Jinja2Templates
 
 from config.settings import Settings
 from node.metrics import NodeMetrics
+from node.web.auth import Accounts, auth_routes
+from node.web.console import console_routes
 from node.web.health import Readiness
 
 TEMPLATES = Path(__file__).parent / "templates"
+# Routes served without a console login; every other route names its least role.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/login", "/setup/{token}"})
 
 
 def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
-              role: str) -> Starlette:
-    """The app of one process; ``role`` (serve, worker, web) is shown on its front page."""
+              role: str, accounts: Accounts | None = None) -> Starlette:
+    """The app of one process; ``role`` (serve, worker, web) is shown on its front page.
+
+    With ``accounts`` it serves the console too (``serve`` and ``web``; a worker's port
+    serves health and metrics only).
+    """
     templates = Jinja2Templates(directory=str(TEMPLATES))
     token = settings.web.metrics_token
 
     def index(request: Request) -> Response:
         return templates.TemplateResponse(request, "index.html", {
-            "settings": settings, "role": role, "checks": list(readiness.checks)})
+            "settings": settings, "role": role, "checks": list(readiness.checks),
+            "console": accounts is not None, "user": None})
 
     def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -53,9 +66,15 @@ def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
         return Response(generate_latest(metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    return Starlette(routes=[
+    routes = [
         Route("/", index),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
-    ])
+    ]
+    if accounts is not None:
+        routes += auth_routes(accounts, templates) + console_routes(accounts, templates)
+    app = Starlette(routes=routes)
+    # node.web.server.WebServer calls this with its URL once it listens.
+    app.state.on_started = accounts.announce if accounts is not None else None
+    return app

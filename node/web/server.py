@@ -106,6 +106,9 @@ class WebServer:
                 raise RuntimeError(f"the web service on {self.url} did not start; see the log")
             time.sleep(0.01)
         LOGGER.info("web service on %s", self.url)
+        on_started = getattr(getattr(self.app, "state", None), "on_started", None)
+        if on_started is not None:
+            on_started(self.url)  # e.g. the console's first-admin setup link
 
     def stop(self) -> None:
         if self._server is not None:

@@ -109,6 +109,24 @@ def _parser() -> argparse.ArgumentParser:
     retry = transfer_actions.add_parser("retry", help="queue dead letters again")
     retry.add_argument("ids", nargs="*", type=int, help="transfer ids (default: every dead one)")
 
+    users = commands.add_parser("users", help="console accounts (roles: viewer, operator, "
+                                "admin)")
+    user_actions = users.add_subparsers(dest="action", required=True)
+    user_add = user_actions.add_parser("add", help="add an account (password prompted twice)")
+    user_add.add_argument("name")
+    # Checked in storage.accounts, not by argparse: a bad role is one line, as a bad name.
+    user_add.add_argument("--role", required=True, metavar="viewer|operator|admin")
+    user_passwd = user_actions.add_parser("passwd", help="set an account's password (ends its "
+                                          "sessions, lifts a lockout)")
+    user_passwd.add_argument("name")
+    for action in (user_add, user_passwd):
+        action.add_argument("--password-stdin", action="store_true",
+                            help="read the password as one line from standard input")
+    user_actions.add_parser("list", help="accounts, roles, states and last logins")
+    for verb, what in (("disable", "disable an account and end its sessions"),
+                       ("enable", "enable a disabled account again")):
+        user_actions.add_parser(verb, help=what).add_argument("name")
+
     echo = commands.add_parser("echo", help="send a C-ECHO to a DICOM node")
     echo.add_argument("host")
     echo.add_argument("port", type=int)
@@ -340,6 +358,24 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "retry":
             return retry_transfers(settings, args.ids)
         return list_transfers(settings, args.limit, args.all)
+    if args.command == "users":
+        from node import users
+        from storage.accounts import AccountError
+
+        try:
+            if args.action == "add":
+                users.add_user(settings, args.name, args.role, args.password_stdin)
+            elif args.action == "passwd":
+                users.change_password(settings, args.name, args.password_stdin)
+            elif args.action in ("disable", "enable"):
+                users.set_disabled(settings, args.name, args.action == "disable")
+            else:
+                users.list_users(settings)
+        except AccountError as exc:  # a bad name, role or password; an unknown or taken name
+            return _refuse(f"cxr-node users {args.action}", str(exc))
+        except (EOFError, KeyboardInterrupt):
+            return _refuse(f"cxr-node users {args.action}", "no password given; nothing changed")
+        return 0
     if args.command == "echo":
         return echo(args.host, args.port, args.aet, args.aec)
     if args.command == "studies":

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from node.preflight import connect_database
@@ -72,19 +73,27 @@ def list_studies(settings: Settings, limit: int) -> int:
     return 0
 
 
+def transfer_rows(session: Session, limit: int, include_sent: bool = False) -> tuple[
+        list[tuple[Transfer, str, str, str]], dict[str, int]]:
+    """Transfers (dead letters first, then newest) with their object's kind and UID and
+    the study UID, and the count of every transfer by state; the CLI and console list these.
+    """
+    query = (select(Transfer, ResultObject.kind, ResultObject.sop_instance_uid, Study.study_uid)
+             .join(ResultObject, ResultObject.id == Transfer.result_id)
+             .join(Study, Study.id == ResultObject.study_id))
+    if not include_sent:
+        query = query.where(Transfer.state != TransferState.SENT)
+    order = (Transfer.state != TransferState.DEAD, Transfer.id.desc())
+    rows = [tuple(row) for row in session.execute(query.order_by(*order).limit(limit))]
+    counts = dict(session.execute(
+        select(Transfer.state, func.count(Transfer.id)).group_by(Transfer.state)).all())
+    return rows, {str(state): count for state, count in counts.items()}
+
+
 def list_transfers(settings: Settings, limit: int, include_sent: bool) -> int:
     """Transfers not yet sent (and dead letters first), with their last error."""
     with database(settings) as db, db.session() as session:
-        query = (select(Transfer, ResultObject.kind, ResultObject.sop_instance_uid,
-                        Study.study_uid)
-                 .join(ResultObject, ResultObject.id == Transfer.result_id)
-                 .join(Study, Study.id == ResultObject.study_id))
-        if not include_sent:
-            query = query.where(Transfer.state != TransferState.SENT)
-        order = (Transfer.state != TransferState.DEAD, Transfer.id.desc())
-        rows = session.execute(query.order_by(*order).limit(limit)).all()
-        counts = dict(session.execute(
-            select(Transfer.state, func.count(Transfer.id)).group_by(Transfer.state)).all())
+        rows, counts = transfer_rows(session, limit, include_sent)
     print("transfers: " + ", ".join(f"{state} {counts.get(state, 0)}" for state in TransferState))
     print(f"{'id':>6}  {'state':<8} {'destination':<12} {'kind':<15} {'tries':>5}  "
           f"{'next attempt (UTC)':<19}  study / object / last error")

@@ -62,7 +62,7 @@ def _in(column, since: datetime, until: datetime):  # noqa: ANN001, ANN202 - SQL
     return (column >= since) & (column < until)
 
 
-def _studies(session: Session, since: datetime, until: datetime) -> dict[str, Any]:
+def study_counts(session: Session, since: datetime, until: datetime) -> dict[str, Any]:
     """Studies received; jobs finished as analysed, skipped or failed; skips by reason."""
     received = session.scalar(
         select(func.count(func.distinct(Series.study_id))).select_from(Instance).join(Series)
@@ -107,7 +107,7 @@ def _first_after(rows: Sequence[tuple[int, datetime, datetime]]) -> list[float]:
     return list(first.values())
 
 
-def _latency(session: Session, since: datetime, until: datetime) -> dict[str, Any]:
+def result_latency(session: Session, since: datetime, until: datetime) -> dict[str, Any]:
     """Study completion to the first SR sent, and to the job's end (studies completed then).
 
     Events before the completion belong to an earlier generation of a re-opened study.
@@ -475,8 +475,8 @@ def write_audit_report(db: Database, since: datetime, until: datetime, out_dir: 
         models = _models(session, since, until)
         report = _jsonable({
             "period": {"since": since, "until": until},
-            "studies": _studies(session, since, until),
-            "latency_s": _latency(session, since, until),
+            "studies": study_counts(session, since, until),
+            "latency_s": result_latency(session, since, until),
             "transfers": _transfers(session, since, until),
             "findings": _findings(session, since, until, labels),
             "security": _security(session, since, until),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
@@ -139,20 +140,42 @@ class DatabaseCollector(Collector):
                                       labels=["state", "destination"])
         dead = GaugeMetricFamily(f"{PREFIX}_dead_letters",
                                  "Transfers given up (`cxr-node transfers retry` queues them)")
-        with self.db.session() as session:
-            queued = session.scalar(select(func.count(Job.id))
-                                    .where(Job.state == JobState.QUEUED))
-            first = session.scalar(select(func.min(Job.created_at))
-                                   .where(Job.state.in_([JobState.QUEUED, JobState.RUNNING])))
-            rows = session.execute(select(Transfer.state, Transfer.destination,
-                                          func.count(Transfer.id))
-                                   .group_by(Transfer.state, Transfer.destination)).all()
-        depth.add_metric([], queued or 0)
-        oldest.add_metric([], max(0.0, (utcnow() - first).total_seconds()) if first else 0.0)
-        dead_count = 0
-        for state, destination, count in rows:
-            transfers.add_metric([str(state), destination], count)
-            if state == TransferState.DEAD:
-                dead_count += count
-        dead.add_metric([], dead_count)
+        state = site_state(self.db)
+        depth.add_metric([], state.queue_depth)
+        oldest.add_metric([], state.oldest_job_age_seconds)
+        for (transfer_state, destination), count in state.transfers.items():
+            transfers.add_metric([str(transfer_state), destination], count)
+        dead.add_metric([], state.dead_letters)
         return [depth, oldest, transfers, dead]
+
+
+@dataclass(frozen=True)
+class SiteState:
+    """The queue and outbox of the whole site now, as the metrics and the console show it."""
+
+    queue_depth: int
+    oldest_job_age_seconds: float  # 0 when no job is queued or running
+    transfers: dict[tuple[str, str], int]  # (state, destination): count
+
+    @property
+    def dead_letters(self) -> int:
+        return self.in_state(TransferState.DEAD)
+
+    def in_state(self, state: TransferState) -> int:
+        return sum(n for (s, _), n in self.transfers.items() if s == state)
+
+
+def site_state(db: Database) -> SiteState:
+    """Read the queue depth, the oldest waiting job's age and the transfers by state."""
+    with db.session() as session:
+        queued = session.scalar(select(func.count(Job.id))
+                                .where(Job.state == JobState.QUEUED))
+        first = session.scalar(select(func.min(Job.created_at))
+                               .where(Job.state.in_([JobState.QUEUED, JobState.RUNNING])))
+        rows = session.execute(select(Transfer.state, Transfer.destination,
+                                      func.count(Transfer.id))
+                               .group_by(Transfer.state, Transfer.destination)).all()
+    return SiteState(
+        queue_depth=queued or 0,
+        oldest_job_age_seconds=max(0.0, (utcnow() - first).total_seconds()) if first else 0.0,
+        transfers={(str(state), destination): count for state, destination, count in rows})

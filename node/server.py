@@ -28,6 +28,7 @@ from node.sender import Sender, SenderThread
 from node.web.app import build_app
 from node.web.auth import Accounts
 from node.web.health import Readiness, database_check, disk_check
+from node.web.overview import ThisProcess
 from node.web.server import WebServer, check_web_address
 from storage import audit
 from storage.audit import AuditEventId, Outcome
@@ -108,9 +109,13 @@ class Node:
                                    settings.sending.poll_interval_seconds)
         if web_port is not None:
             # The console with the receiving node; a worker's port: health and metrics only.
+            analysing = worker if analyse else None
+            process = ThisProcess(
+                open_associations=self.listener.open_associations if self.listener else None,
+                device=(lambda: str(analysing.detector.device)) if analysing else None)
             app = build_app(settings, self.readiness(), self.metrics,
                             "serve" if receive else "worker",
-                            Accounts(settings, self.db) if receive else None)
+                            Accounts(settings, self.db) if receive else None, process)
             self.web = WebServer(app, settings.web, *web_port)
         # In one process the parts wake each other instead of waiting for their next poll.
         if self.worker and self.completion:

@@ -192,6 +192,10 @@ class Listener:
         """The policy's verdict on this request, counting the associations being served."""
         return self.policy.check_association(calling, called, address, self._acceptor_count())
 
+    def open_associations(self) -> int:
+        """Associations being served now (the console's overview shows it)."""
+        return self._acceptor_count()
+
     def _acceptor_count(self) -> int:
         """Associations being served: those whose peer has sent an A-ASSOCIATE-RQ.
 

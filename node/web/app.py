@@ -26,6 +26,7 @@ from node.metrics import NodeMetrics
 from node.web.auth import Accounts, auth_routes
 from node.web.console import console_routes
 from node.web.health import Readiness
+from node.web.overview import ThisProcess
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Routes served without a console login; every other route names its least role.
@@ -33,11 +34,13 @@ OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/login", "/setu
 
 
 def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
-              role: str, accounts: Accounts | None = None) -> Starlette:
+              role: str, accounts: Accounts | None = None,
+              process: ThisProcess | None = None) -> Starlette:
     """The app of one process; ``role`` (serve, worker, web) is shown on its front page.
 
     With ``accounts`` it serves the console too (``serve`` and ``web``; a worker's port
-    serves health and metrics only).
+    serves health and metrics only). ``process`` tells the console's overview what only
+    this process knows (open associations, the worker's device).
     """
     templates = Jinja2Templates(directory=str(TEMPLATES))
     token = settings.web.metrics_token
@@ -73,7 +76,8 @@ def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
         Route("/metrics", metrics_endpoint),
     ]
     if accounts is not None:
-        routes += auth_routes(accounts, templates) + console_routes(accounts, templates)
+        routes += auth_routes(accounts, templates) + console_routes(accounts, templates,
+                                                                     process)
     app = Starlette(routes=routes)
     # node.web.server.WebServer calls this with its URL once it listens.
     app.state.on_started = accounts.announce if accounts is not None else None

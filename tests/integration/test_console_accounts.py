@@ -127,7 +127,8 @@ class Browser:
     def get(self, path: str) -> Answer:
         return self._send(urllib.request.Request(self.base + path))
 
-    def post(self, path: str, fields: dict[str, str]) -> Answer:
+    def post(self, path: str, fields: dict[str, str] | list[tuple[str, str]]) -> Answer:
+        """A form POST; a list of pairs sends a field more than once (ticked boxes)."""
         data = urllib.parse.urlencode(fields).encode()
         return self._send(urllib.request.Request(self.base + path, data=data, method="POST"))
 
@@ -260,10 +261,12 @@ def test_roles_are_enforced_on_the_server(console):
     admin_csrf = admin.logged_in_as("ada", "admin")
 
     viewer_disables = viewer.post("/console/users/olga/disable", {"csrf_token": viewer_csrf})
-    viewer_retries = viewer.post("/console/transfers/retry", {"csrf_token": viewer_csrf})
+    viewer_retries = viewer.post("/console/transfers/retry", {"csrf_token": viewer_csrf,
+                                                              "scope": "all"})
     operator_disables = operator.post("/console/users/vera/disable",
                                       {"csrf_token": operator_csrf})
-    operator_retries = operator.post("/console/transfers/retry", {"csrf_token": operator_csrf})
+    operator_retries = operator.post("/console/transfers/retry",
+                                     {"csrf_token": operator_csrf, "scope": "all"})
     anonymous = Browser(console.base).post("/console/users/olga/disable",
                                            {"csrf_token": admin_csrf})
 
@@ -318,7 +321,9 @@ def test_every_console_route_names_the_role_it_needs(console):
 
     assert guarded == {"/logout": "viewer", "/console": "viewer",
                        "/console/users/{name}/disable": "admin",
-                       "/console/transfers/retry": "operator"}
+                       "/console/transfers": "viewer",
+                       "/console/transfers/retry": "operator",
+                       "/console/config": "viewer"}
 
 
 def test_session_cookie_is_secure_under_tls(tmp_path):

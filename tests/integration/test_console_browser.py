@@ -1,6 +1,6 @@
 """The first admin as a person makes one: the setup link from a real node's log, opened in
-Debian's Chromium (Playwright), then a login, then the console page. The screenshots are
-kept in ``var/test-output/console/``.
+Debian's Chromium (Playwright), then a login, the overview, the transfers and the
+configuration pages. The screenshots are kept in ``var/test-output/console/``.
 """
 
 from __future__ import annotations
@@ -39,16 +39,31 @@ def test_setup_link_login_and_console_in_a_browser(start_node):
         page.get_by_role("button", name="Log in").click()
         page.wait_for_url(re.compile(r"/console$"))
         who = page.locator("#who").inner_text()
-        accounts_table = page.locator("table").inner_text()
-        console = shots.shot("2-console-admin")
+        accounts_table = page.locator("#accounts").inner_text()
+        associations = page.locator("#associations").inner_text()
+        received = page.locator("#received").inner_text()
+        bars = page.locator("svg.chart rect").count()
+        console = shots.shot("2-console-overview")
+        page.get_by_role("link", name="Transfers").click()
+        page.wait_for_url(re.compile(r"/console/transfers$"))
+        nothing_to_send = page.get_by_text("Nothing is waiting to be sent.").is_visible()
+        page.get_by_role("link", name="Configuration").click()
+        page.wait_for_url(re.compile(r"/console/config$"))
+        settings_shown = page.locator("#settings").inner_text()
+        config = shots.shot("3-console-config")
         cookies = {c["name"]: c for c in page.context.cookies()}
         page.goto(link)  # the link again: used
         used = page.locator("h2").inner_text()
-        print(f"screenshots: {setup} {console}")
+        print(f"screenshots: {setup} {console} {config}")
 
     assert created
     assert who == "Logged in as root-admin, role admin."
     assert "root-admin" in accounts_table and "admin" in accounts_table
+    assert associations == "0"  # serve runs the listener: its own count, none open now
+    assert received == "0 studies, 0 images"
+    assert bars == 24
+    assert nothing_to_send
+    assert "dicom.ae_title" in settings_shown
     session = cookies["cxr_session"]
     assert session["httpOnly"] and session["sameSite"] == "Strict"
     assert used == "Setup link not valid"

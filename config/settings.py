@@ -83,15 +83,20 @@ class TlsSettings(_Section):
 
     @model_validator(mode="after")
     def _files_present(self) -> TlsSettings:
-        if not self.enabled:
-            return self
-        for name in ("certificate", "private_key", "ca_certificates"):
-            path = getattr(self, name)
-            if path is None:
-                raise ValueError(f"{name} is required when TLS is enabled")
-            if not Path(path).is_file():
-                raise ValueError(f'{name} "{path}" is not a readable file')
-        return self
+        return _require_files(self, ("certificate", "private_key", "ca_certificates"))
+
+
+def _require_files(tls, names: tuple[str, ...]):  # noqa: ANN001, ANN202 - a TLS section
+    """A TLS section that is enabled names each of ``names``, and each is a file."""
+    if not tls.enabled:
+        return tls
+    for name in names:
+        path = getattr(tls, name)
+        if path is None:
+            raise ValueError(f"{name} is required when TLS is enabled")
+        if not Path(path).is_file():
+            raise ValueError(f'{name} "{path}" is not a readable file')
+    return tls
 
 
 class DicomSettings(_Section):
@@ -313,15 +318,7 @@ class WebTlsSettings(_Section):
 
     @model_validator(mode="after")
     def _files_present(self) -> WebTlsSettings:
-        if not self.enabled:
-            return self
-        for name in ("certificate", "private_key"):
-            path = getattr(self, name)
-            if path is None:
-                raise ValueError(f"{name} is required when TLS is enabled")
-            if not Path(path).is_file():
-                raise ValueError(f'{name} "{path}" is not a readable file')
-        return self
+        return _require_files(self, ("certificate", "private_key"))
 
 
 class WebSettings(_Section):

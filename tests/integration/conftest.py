@@ -28,9 +28,30 @@ def start_node(tmp_path, dcmtk) -> Callable[..., NodeProcess]:
         node.stop()
 
 
+@pytest.fixture
+def console(tmp_path):
+    """The console app on a free port (tests/integration/console.py), stopped afterwards."""
+    from tests.integration.console import start_console
+
+    running = start_console(tmp_path)
+    yield running
+    running.server.stop()
+    running.db.dispose()
+
+
 def node_database(node: NodeProcess) -> Database:
     """The node's own database, opened the way an admin's tool would open it."""
     return Database.connect(node.database_url, upgrade=False)
+
+
+def query(node: NodeProcess, statement):
+    """Rows of ``statement`` on the node's own database."""
+    db = node_database(node)
+    try:
+        with db.session() as session:
+            return session.execute(statement).all()
+    finally:
+        db.dispose()
 
 
 def audit_events(node: NodeProcess, event_type: str | None = None) -> list[AuditEvent]:

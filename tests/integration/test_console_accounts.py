@@ -8,7 +8,6 @@ refused request changed nothing.
 
 from __future__ import annotations
 
-import http.cookiejar
 import logging
 import re
 import shutil
@@ -18,134 +17,19 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import select
 
-from config.settings import Settings
-from node.demo_pacs import free_port
-from node.metrics import NodeMetrics
-from node.web.app import OPEN_PATHS, build_app
-from node.web.auth import Accounts
-from node.web.health import Readiness
-from node.web.server import WebServer
+from node.web.app import OPEN_PATHS
 from storage import accounts
-from storage.accounts import Passwords
-from storage.db import Database
-from storage.models import AuditEvent, User, WebSession
-
-PASSWORD = "correct horse battery"
-LOCKOUT_SECONDS = 2.0
-
-
-@dataclass
-class Console:
-    server: WebServer
-    db: Database
-    accounts: Accounts
-
-    @property
-    def base(self) -> str:
-        return self.server.url.rstrip("/")
-
-    def add_user(self, name: str, role: str, password: str = PASSWORD) -> None:
-        with self.db.session() as session:
-            accounts.add_user(session, self.accounts.passwords, name, role, password)
-
-    def audit(self, event_type: str) -> list[AuditEvent]:
-        with self.db.session() as session:
-            return list(session.scalars(select(AuditEvent).where(
-                AuditEvent.event_type == event_type).order_by(AuditEvent.id)))
-
-    def user(self, name: str) -> User:
-        with self.db.session() as session:
-            return session.scalar(select(User).where(User.name == name))
-
-
-def start_console(tmp_path, **web) -> Console:
-    settings = Settings.model_validate({
-        "storage": {"data_dir": str(tmp_path / "data")},
-        "web": {"bind_address": "127.0.0.1", "port": free_port(),
-                "lockout_seconds": LOCKOUT_SECONDS, **web}})
-    db = Database.connect(settings.storage.resolved_database_url())
-    # argon2 with less memory than the default: the same code paths, faster tests.
-    from argon2 import PasswordHasher
-    console_accounts = Accounts(settings, db, Passwords(PasswordHasher(memory_cost=8192)))
-    app = build_app(settings, Readiness(), NodeMetrics(), "serve", console_accounts)
-    server = WebServer(app, settings.web, settings.web.port, "web.port")
-    server.start()
-    return Console(server, db, console_accounts)
-
-
-@pytest.fixture
-def console(tmp_path):
-    running = start_console(tmp_path)
-    yield running
-    running.server.stop()
-    running.db.dispose()
-
-
-class _KeepRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
-        return None  # the test sees each 303 and where it points
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict
-    body: str
-    set_cookies: list[str]
-
-    @property
-    def location(self) -> str | None:
-        return self.headers.get("location")
-
-
-class Browser:
-    """One person's browser: a cookie jar, and redirects shown rather than followed."""
-
-    def __init__(self, base: str, context: ssl.SSLContext | None = None) -> None:
-        self.base = base
-        self.jar = http.cookiejar.CookieJar()
-        handlers = [urllib.request.HTTPCookieProcessor(self.jar), _KeepRedirects()]
-        if context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        self.opener = urllib.request.build_opener(*handlers)
-
-    def _send(self, request: urllib.request.Request) -> Answer:
-        try:
-            response = self.opener.open(request, timeout=30)
-        except urllib.error.HTTPError as error:
-            response = error
-        headers = {k.lower(): v for k, v in response.headers.items()}
-        return Answer(response.status if hasattr(response, "status") else response.code,
-                      headers, response.read().decode(),
-                      response.headers.get_all("set-cookie") or [])
-
-    def get(self, path: str) -> Answer:
-        return self._send(urllib.request.Request(self.base + path))
-
-    def post(self, path: str, fields: dict[str, str] | list[tuple[str, str]]) -> Answer:
-        """A form POST; a list of pairs sends a field more than once (ticked boxes)."""
-        data = urllib.parse.urlencode(fields).encode()
-        return self._send(urllib.request.Request(self.base + path, data=data, method="POST"))
-
-    def csrf(self, path: str) -> str:
-        """The hidden CSRF field of the page at ``path``, as a browser would submit it."""
-        page = self.get(path)
-        assert page.status == 200, (page.status, page.body)
-        return re.search(r'name="csrf_token" value="([^"]+)"', page.body).group(1)
-
-    def login(self, name: str, password: str = PASSWORD) -> Answer:
-        return self.post("/login", {"csrf_token": self.csrf("/login"), "name": name,
-                                    "password": password, "next": "/console"})
-
-    def logged_in_as(self, name: str, role: str) -> str:
-        answer = self.login(name)
-        assert answer.status == 303 and answer.location == "/console", answer
-        return self.csrf("/console")
+from storage.models import WebSession
+from tests.integration.console import (
+    LOCKOUT_SECONDS,
+    PASSWORD,
+    Browser,
+    start_console,
+)
 
 
 def test_setup_link_creates_the_first_admin_once(tmp_path, caplog):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 
 from config.settings import Settings
@@ -37,18 +36,10 @@ from storage.models import (
     TransferState,
     utcnow,
 )
-from tests.integration.test_console_accounts import Browser, Console, start_console
+from tests.integration.console import Browser, Console
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 DB_PASSWORD = "s3cret-db-pass"
-
-
-@pytest.fixture
-def console(tmp_path):
-    running = start_console(tmp_path)
-    yield running
-    running.server.stop()
-    running.db.dispose()
 
 
 def _text(html: str, element_id: str) -> str:

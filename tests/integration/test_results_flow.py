@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from storage.models import AuditEvent, Job, JobState, ResultObject, Transfer, TransferState
 from tests.factories import write_chest
-from tests.integration.conftest import audit_events, node_database, wait_until
+from tests.integration.conftest import audit_events, query, wait_until
 from tests.peers import CXR_NODE, REPO, OrthancProcess, StorescpProcess, free_port, storescu
 
 WORKER = {"run_in_serve": True, "device": "cpu"}
@@ -35,15 +35,6 @@ def fast_retries(max_age: float = 600) -> dict:
     return {"first_retry_delay_seconds": 0.5, "backoff_factor": 1.5,
             "max_retry_delay_seconds": 1, "max_age_seconds": max_age,
             "poll_interval_seconds": 0.1}
-
-
-def query(node, statement):
-    db = node_database(node)
-    try:
-        with db.session() as session:
-            return session.execute(statement).all()
-    finally:
-        db.dispose()
 
 
 def transfer_states(node) -> dict[str, int]:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from storage.models import FindingRecord, Job, JobState, ResultObject, Transfer, TransferState
 from tests.factories import write_chest
-from tests.integration.conftest import node_database, wait_until
+from tests.integration.conftest import query, wait_until
 from tests.peers import (
     CXR_NODE,
     REPO,
@@ -56,15 +56,6 @@ def samples(port: int, token: str | None = None) -> dict[tuple[str, frozenset], 
 
 def value(found: dict, metric: str, **labels: str) -> float:
     return found[(metric, frozenset(labels.items()))]
-
-
-def query(node, statement):
-    db = node_database(node)
-    try:
-        with db.session() as session:
-            return session.execute(statement).all()
-    finally:
-        db.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,14 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
+def _check_ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError(f'"{value}" is not an IP address') from exc
+    return value
+
+
 class Peer(_Section):
     """A calling AE title allowed to associate, and the addresses it may come from."""
 
@@ -121,14 +129,7 @@ class DicomSettings(_Section):
 
     _check_title = field_validator("ae_title")(_check_ae_title)
 
-    @field_validator("bind_address")
-    @classmethod
-    def _check_bind(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError as exc:
-            raise ValueError(f'"{value}" is not an IP address') from exc
-        return value
+    _check_bind = field_validator("bind_address")(_check_ip_address)
 
     def peer(self, ae_title: str) -> Peer | None:
         wanted = ae_title.strip()
@@ -343,14 +344,7 @@ class WebSettings(_Section):
     lockout_seconds: float = Field(default=900.0, ge=1)
     session_hours: float = Field(default=8.0, gt=0, le=720)
 
-    @field_validator("bind_address")
-    @classmethod
-    def _check_bind(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError as exc:
-            raise ValueError(f'"{value}" is not an IP address') from exc
-        return value
+    _check_bind = field_validator("bind_address")(_check_ip_address)
 
     @field_validator("metrics_token")
     @classmethod

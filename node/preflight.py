@@ -129,23 +129,29 @@ def check_tls(settings: Settings) -> None:
 
 def listen_error(settings: Settings, exc: OSError) -> ConfigError:
     """The one-line refusal for an ``OSError`` from starting the listener."""
-    dicom = settings.dicom
-    where = f"{dicom.bind_address}:{dicom.port}"
     if isinstance(exc, ssl.SSLError):
         return ConfigError(f"dicom.tls: the certificate, private key or CA file does not load "
                            f"({exc.reason or exc}); give PEM files whose key matches the "
                            "certificate")
+    return bind_error("dicom", settings.dicom.bind_address, settings.dicom.port, "dicom.port",
+                      exc)
+
+
+def bind_error(section: str, address: str, port: int, port_key: str,
+               exc: OSError) -> ConfigError:
+    """The one-line refusal for a socket of ``section`` (dicom, web) that cannot bind."""
+    where = f"{address}:{port}"
     if exc.errno == errno.EADDRINUSE:
-        return ConfigError(f"dicom.port: {where} is already in use by another process; stop "
+        return ConfigError(f"{port_key}: {where} is already in use by another process; stop "
                            "that process or choose another port")
     if exc.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(f"dicom.bind_address: {dicom.bind_address} is not an address of "
-                           "this host; use one of its addresses, or 0.0.0.0 for all")
+        return ConfigError(f"{section}.bind_address: {address} is not an address of this "
+                           "host; use one of its addresses, or 0.0.0.0 for all")
     if exc.errno == errno.EACCES:
-        return ConfigError(f"dicom.port: {where} needs privileges to bind; choose a port "
+        return ConfigError(f"{port_key}: {where} needs privileges to bind; choose a port "
                            "above 1023 or grant CAP_NET_BIND_SERVICE")
-    return ConfigError(f"dicom.bind_address: cannot listen on {where} ({exc.strerror or exc}); "
-                       "choose another address or port")
+    return ConfigError(f"{section}.bind_address: cannot listen on {where} "
+                       f"({exc.strerror or exc}); choose another address or port")
 
 
 def check_model(settings: Settings, db: Database) -> None:

@@ -8,7 +8,6 @@ in its own thread; it installs no signal handlers there, the node's main thread 
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import socket
@@ -19,6 +18,7 @@ import time
 import uvicorn
 
 from config.settings import ConfigError, WebSettings
+from node.preflight import bind_error
 
 LOGGER = logging.getLogger("cxr_node.web")
 STARTUP_TIMEOUT_SECONDS = 15.0
@@ -33,27 +33,13 @@ def _bind(web: WebSettings, port: int, key: str) -> socket.socket:
         sock.bind((web.bind_address, port))
     except OSError as exc:
         sock.close()
-        raise web_listen_error(web, port, key, exc) from None
+        raise bind_error("web", web.bind_address, port, key, exc) from None
     return sock
 
 
 def check_web_address(web: WebSettings, port: int, key: str) -> None:
     """Bind and close a probe socket, so a taken port is refused before a model loads."""
     _bind(web, port, key).close()
-
-
-def web_listen_error(web: WebSettings, port: int, key: str, exc: OSError) -> ConfigError:
-    where = f"{web.bind_address}:{port}"
-    if exc.errno == errno.EADDRINUSE:
-        return ConfigError(f"{key}: {where} is already in use by another process; stop that "
-                           "process or choose another port")
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(f"web.bind_address: {web.bind_address} is not an address of this "
-                           "host; use one of its addresses, or 0.0.0.0 for all")
-    if exc.errno == errno.EACCES:
-        return ConfigError(f"{key}: {where} needs privileges to bind; choose a port above 1023")
-    return ConfigError(f"{key}: cannot listen on {where} ({exc.strerror or exc}); choose "
-                       "another address or port")
 
 
 class WebServer:

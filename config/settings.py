@@ -342,6 +342,10 @@ class WebSettings(_Section):
     # and how long a login lasts (the session ends then, or at logout, whichever is first).
     max_failed_logins: int = Field(default=5, ge=1, le=100)
     lockout_seconds: float = Field(default=900.0, ge=1)
+    # Failed logins from one address, whatever the names, within the window; past it that
+    # address gets 429 until the window has room again (guessing across many names).
+    max_failed_logins_per_address: int = Field(default=20, ge=1, le=10_000)
+    failed_login_window_seconds: float = Field(default=300.0, ge=1)
     session_hours: float = Field(default=8.0, gt=0, le=720)
 
     _check_bind = field_validator("bind_address")(_check_ip_address)

@@ -17,11 +17,14 @@ person's name.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hmac
 import logging
+import math
 import secrets
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from urllib.parse import quote
@@ -52,6 +55,46 @@ LOGIN_REFUSED = ("Wrong name or password, or the account is locked or disabled. 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class LoginThrottle:
+    """Failed logins per source address in a sliding window, in this process's memory.
+
+    The per-account lockout stops guessing one name; this stops one address guessing
+    across many names (each wrong name costs an argon2 hash). Kept in memory: a restart
+    forgets it, and each web process counts its own, which still bounds the rate.
+    """
+
+    def __init__(self, limit: int, window_seconds: float) -> None:
+        self.limit, self.window = limit, window_seconds
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, address: str, now: float) -> collections.deque[float]:
+        failures = self._failures.setdefault(address, collections.deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]  # bounded: only addresses failing now are kept
+            return collections.deque()
+        return failures
+
+    def retry_after(self, address: str | None) -> float | None:
+        """Seconds until ``address`` may try again, or None when it may now."""
+        if address is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(address, now)
+            if len(failures) < self.limit:
+                return None
+            return max(1.0, failures[-self.limit] + self.window - now)
+
+    def failed(self, address: str | None) -> None:
+        if address is None:
+            return
+        with self._lock:
+            self._failures.setdefault(address, collections.deque()).append(time.monotonic())
+
+
 class Accounts:
     """What the console's routes share: settings, the database, hashing and the setup link.
 
@@ -65,6 +108,8 @@ class Accounts:
         self.passwords = passwords or Passwords()
         self._setup_token: str | None = secrets.token_urlsafe(32)
         self._setup_lock = threading.Lock()
+        self.throttle = LoginThrottle(settings.web.max_failed_logins_per_address,
+                                      settings.web.failed_login_window_seconds)
 
     @property
     def secure_cookies(self) -> bool:
@@ -120,6 +165,7 @@ class Accounts:
                 session, self.passwords, name, password,
                 max_failed_logins=web.max_failed_logins, lockout_seconds=web.lockout_seconds)
             if attempt.outcome != LoginOutcome.SUCCESS:
+                self.throttle.failed(address)
                 record(session, AuditEventId.USER_AUTHENTICATION, "login-failed",
                        Outcome.MINOR_FAILURE, f"console login refused: {attempt.outcome}",
                        peer_address=address, user_name=name)
@@ -136,6 +182,15 @@ class Accounts:
                    f"console login as {attempt.user.role}", peer_address=address,
                    user_name=name)
             return opened
+
+    def audit_throttled(self, name: str, address: str | None) -> None:
+        web = self.settings.web
+        with self.db.session() as session:
+            record(session, AuditEventId.USER_AUTHENTICATION, "login-throttled",
+                   Outcome.SERIOUS_FAILURE,
+                   f"login refused unchecked: {web.max_failed_logins_per_address} failed "
+                   f"logins from this address within {web.failed_login_window_seconds:g} s",
+                   peer_address=address, user_name=name or None)
 
     def logout(self, user: SessionUser, address: str | None) -> None:
         with self.db.session() as session:
@@ -250,8 +305,16 @@ def auth_routes(accounts_: Accounts, templates: Jinja2Templates) -> list[Route]:
         name = str(form.get("name", "")).strip()
         password = str(form.get("password", ""))
         target = _safe_next(str(form.get("next", "")))
-        opened = await run_in_threadpool(accounts_.login, name, password,
-                                         client_address(request))
+        address = client_address(request)
+        wait = accounts_.throttle.retry_after(address)
+        if wait is not None:
+            await run_in_threadpool(accounts_.audit_throttled, name, address)
+            response = message_page(templates, request, 429, "Too many failed logins",
+                                    f"Too many failed logins from {address}; try again in "
+                                    f"{math.ceil(wait)} s.")
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
+        opened = await run_in_threadpool(accounts_.login, name, password, address)
         if opened is None:
             token = form_csrf(request)
             return with_form_csrf(templates.TemplateResponse(request, "login.html", {

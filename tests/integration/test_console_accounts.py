@@ -136,6 +136,32 @@ def test_wrong_passwords_lock_the_account_until_the_lockout_ends(console):
     assert console.user("olga").failed_logins == 0
 
 
+def test_one_address_guessing_across_names_is_throttled_then_let_in(tmp_path):
+    window = 2.0
+    console = start_console(tmp_path, max_failed_logins_per_address=3,
+                            failed_login_window_seconds=window)
+    try:
+        console.add_user("olga", "operator")
+        browser = Browser(console.base)
+
+        guesses = [browser.login(name, "not the password") for name in ("a1", "b2", "c3")]
+        throttled = browser.login("olga")  # the right password: refused unchecked
+        time.sleep(window + 0.2)
+        after = browser.login("olga")
+
+        assert [a.status for a in guesses] == [401] * 3
+        assert throttled.status == 429 and 1 <= int(throttled.headers["retry-after"]) <= 2
+        assert "Too many failed logins from 127.0.0.1" in throttled.body
+        assert after.status == 303
+        [row] = console.audit("login-throttled")
+        assert (row.event_id, row.outcome, row.user_name, row.peer_address) == (
+            "110114", 8, "olga", "127.0.0.1")
+        assert console.user("olga").failed_logins == 0  # no account was locked by it
+    finally:
+        console.server.stop()
+        console.db.dispose()
+
+
 def test_roles_are_enforced_on_the_server(console):
     for name, role in (("vera", "viewer"), ("olga", "operator"), ("ada", "admin")):
         console.add_user(name, role)

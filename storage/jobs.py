@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.leases import claim_queued, fail_abandoned
-from storage.models import Job, JobState, Study, utcnow
+from storage.models import Job, JobState, Study, StudyState, utcnow
 
 
 def queue_study_job(session: Session, study: Study) -> Job:
@@ -78,3 +78,23 @@ def return_unstarted_job(session: Session, job_id: int, owner: str) -> bool:
 def fail_abandoned_jobs(session: Session, max_attempts: int) -> list[Job]:
     """Jobs whose workers died ``max_attempts`` times: mark them failed, return them."""
     return fail_abandoned(session, Job, max_attempts)
+
+
+def queue_study_again(session: Session, study: Study) -> Job | None:
+    """Queue a new analysis of a complete study, as a late image would: a new generation.
+
+    The generation is bumped with a compare-and-set, so of two requests at once one
+    queues (the other gets None); the job itself is queued through
+    :func:`queue_study_job`, the one queueing path, now rather than after a quiet period.
+    """
+    changed = session.execute(
+        update(Study)
+        .where(Study.id == study.id, Study.generation == study.generation,
+               Study.state == StudyState.COMPLETE)
+        .values(generation=Study.generation + 1, completed_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        return None
+    session.refresh(study)
+    return queue_study_job(session, study)

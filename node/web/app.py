@@ -27,6 +27,7 @@ from node.web.auth import Accounts, auth_routes
 from node.web.console import console_routes
 from node.web.health import Readiness
 from node.web.overview import ThisProcess
+from node.web.studies import study_routes
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Routes served without a console login; every other route names its least role.
@@ -76,8 +77,9 @@ def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
         Route("/metrics", metrics_endpoint),
     ]
     if accounts is not None:
-        routes += auth_routes(accounts, templates) + console_routes(accounts, templates,
-                                                                     process)
+        routes += (auth_routes(accounts, templates)
+                   + console_routes(accounts, templates, process)
+                   + study_routes(accounts, templates))
     app = Starlette(routes=routes)
     # node.web.server.WebServer calls this with its URL once it listens.
     app.state.on_started = accounts.announce if accounts is not None else None

@@ -233,7 +233,10 @@ def test_every_console_route_names_the_role_it_needs(console):
                        "/console/users/{name}/disable": "admin",
                        "/console/transfers": "viewer",
                        "/console/transfers/retry": "operator",
-                       "/console/config": "viewer"}
+                       "/console/config": "viewer",
+                       "/console/studies": "viewer",
+                       "/console/studies/{study_uid}": "viewer",
+                       "/console/studies/{study_uid}/analyse": "operator"}
 
 
 def test_session_cookie_is_secure_under_tls(tmp_path):

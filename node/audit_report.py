@@ -19,15 +19,16 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from storage.models import (
     AuditEvent,
     FindingRecord,
@@ -283,7 +284,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "finding"
 
 
+def _figure(**options: Any) -> Figure:
+    """A matplotlib figure; matplotlib is imported here, when a report draws, not with
+    this module: the console's overview uses its queries on every page load, and the
+    import cost a node about a second of CPU at the first one."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
 def _save(figure: Figure, path: Path) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure)
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=96)
@@ -291,7 +303,7 @@ def _save(figure: Figure, path: Path) -> str:
 
 
 def _bar_chart(values: dict[str, float], title: str, xlabel: str, path: Path) -> str:
-    figure = Figure(figsize=(7, 0.45 * len(values) + 1.2))
+    figure = _figure(figsize=(7, 0.45 * len(values) + 1.2))
     axis = figure.add_subplot()
     names = [name if len(name) <= 50 else name[:47] + "..." for name in values]
     axis.barh(names[::-1], list(values.values())[::-1], color="#4c72b0")
@@ -309,7 +321,7 @@ def _trend_chart(label: str, performance: list[dict[str, Any]], path: Path) -> s
         return None
     weeks = [datetime.fromisoformat(w["week_start"]) for w in performance[0]["weekly"]]
     ticks = weeks[::math.ceil(len(weeks) / 12)]  # a year of weeks stays legible
-    figure = Figure(figsize=(10, 3.6))
+    figure = _figure(figsize=(10, 3.6))
     axes = figure.subplots(1, 2, sharey=True)
     for axis, name in zip(axes, ("sensitivity", "specificity"), strict=True):
         for index, row in enumerate(performance):

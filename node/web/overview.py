@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from config.settings import Settings
+from node.audit_report import result_latency, study_counts
 from node.metrics import site_state
 from storage.db import Database
 from storage.models import (
@@ -56,7 +57,6 @@ class HourBar:
 
 def site_overview(settings: Settings, db: Database, process: ThisProcess) -> dict[str, Any]:
     """Every figure of the overview page, read now."""
-    from node.audit_report import result_latency, study_counts  # matplotlib: load when used
 
     now = utcnow()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)

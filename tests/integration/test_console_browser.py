@@ -1,28 +1,35 @@
 """The first admin as a person makes one: the setup link from a real node's log, opened in
-Debian's Chromium (Playwright), then a login, the overview, the transfers and the
-configuration pages. The screenshots are kept in ``var/test-output/console/``.
+Debian's Chromium (Playwright), then a login, the overview of a node that has received a
+study from dcmtk's storescu, that study found on the Studies page and opened, the
+transfers and the configuration pages. The screenshots are kept in
+``var/test-output/console/``.
 """
 
 from __future__ import annotations
 
 import re
 
+from model.phantom import synthesize_case
 from tests.conftest import unavailable
 from tests.integration import ohif
 from tests.integration.conftest import wait_until
-from tests.peers import REPO
+from tests.peers import REPO, storescu
 
 SCREENSHOTS = REPO / "var" / "test-output" / "console"
 PASSWORD = "correct horse battery"
 
 
-def test_setup_link_login_and_console_in_a_browser(start_node):
+def test_setup_link_login_and_console_in_a_browser(start_node, tmp_path):
     missing = ohif.browser_missing()
     if missing:
         unavailable(missing)
     node = start_node()
     link = wait_until(lambda: re.search(r"create the first admin at (\S+/setup/\S+)",
                                         node.log())).group(1)
+    case = synthesize_case(3, 1, size_range=(256, 256))
+    sent = tmp_path / "study.dcm"
+    case.dataset.save_as(sent, enforce_file_format=True)
+    assert storescu(node.port, [sent]).returncode == 0
 
     with ohif.chromium_page(SCREENSHOTS) as shots:
         page = shots.page
@@ -44,6 +51,15 @@ def test_setup_link_login_and_console_in_a_browser(start_node):
         received = page.locator("#received").inner_text()
         bars = page.locator("svg.chart rect").count()
         console = shots.shot("2-console-overview")
+        page.get_by_role("link", name="Studies").click()
+        page.wait_for_url(re.compile(r"/console/studies$"))
+        page.get_by_label("Patient ID").fill(case.patient_id)
+        page.get_by_role("button", name="Search").click()
+        listed = page.locator("#study-list tbody tr").inner_text()
+        page.get_by_role("link", name=case.patient_id).click()
+        page.wait_for_url(re.compile(r"/console/studies/2\.25\.\d+$"))
+        instances = page.locator("#instances").inner_text()
+        study = shots.shot("4-console-study")
         page.get_by_role("link", name="Transfers").click()
         page.wait_for_url(re.compile(r"/console/transfers$"))
         nothing_to_send = page.get_by_text("Nothing is waiting to be sent.").is_visible()
@@ -54,14 +70,16 @@ def test_setup_link_login_and_console_in_a_browser(start_node):
         cookies = {c["name"]: c for c in page.context.cookies()}
         page.goto(link)  # the link again: used
         used = page.locator("h2").inner_text()
-        print(f"screenshots: {setup} {console} {config}")
+        print(f"screenshots: {setup} {console} {study} {config}")
 
     assert created
     assert who == "Logged in as root-admin, role admin."
     assert "root-admin" in accounts_table and "admin" in accounts_table
     assert associations == "0"  # serve runs the listener: its own count, none open now
-    assert received == "0 studies, 0 images"
+    assert received == "1 studies, 1 images"
     assert bars == 24
+    assert case.patient_id in listed and "\t1\t" in listed  # one image
+    assert str(case.dataset.SOPInstanceUID) in instances
     assert nothing_to_send
     assert "dicom.ae_title" in settings_shown
     session = cookies["cxr_session"]

@@ -44,7 +44,7 @@ LOGGER = logging.getLogger("cxr_node.server")
 def load_active_model(settings: Settings, db: Database):  # noqa: ANN201 - (Detector, id)
     """The registry's active model (on a new installation: the configured or bundled one)."""
     from model.detector import Detector  # torch is imported only where a model runs
-    from training.registry import ensure_active
+    from training.registry import RegistryError, ensure_active
 
     seed = settings.worker.model_dir or BUNDLED_MODEL
     for attempt in range(2):
@@ -53,7 +53,10 @@ def load_active_model(settings: Settings, db: Database):  # noqa: ANN201 - (Dete
                 active = ensure_active(session, seed)
                 version_id, path = active.id, Path(active.path)
             break
-        except IntegrityError:  # another process registered it first
+        except (IntegrityError, RegistryError):
+            # Another process registered it first: at the unique index, or seen by the
+            # registry's own check once that process had committed (two workers starting
+            # together on a new PostgreSQL database). The second attempt finds it active.
             if attempt:
                 raise
     device = None if settings.worker.device == "auto" else settings.worker.device

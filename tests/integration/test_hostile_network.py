@@ -187,7 +187,9 @@ def test_fragments_that_never_end_are_aborted_with_bounded_memory(start_node, co
     [alert] = wait_until(lambda: audit_events(node, "protocol-violation"))
     assert "association aborted" in alert.message and alert.calling_ae_title == "PYSCU"
     assert "16384 bytes" in alert.message or "65536 bytes" in alert.message
-    assert echo(node.port) == "ok"
+    # Still serving: an allowed echo gets through (retried: under load the first one once
+    # timed out at the client's 5 s ACSE timeout while the aborted flood was torn down).
+    echo_within(node.port, 15)
 
 
 # -- items 4 and 5: bad Affected SOP Instance UIDs get a status, and leak nothing --------------

@@ -131,3 +131,10 @@ class Browser:
         answer = self.login(name)
         assert answer.status == 303 and answer.location == "/console", answer
         return self.csrf("/console")
+
+
+def text_of(html: str, element_id: str) -> str:
+    """The text of the element with ``element_id``, tags removed, spaces collapsed."""
+    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</(dd|p|table)>', html, re.S)
+    assert match, f"no #{element_id} in the page"
+    return " ".join(re.sub(r"<[^>]+>", " ", match.group(1)).split())

@@ -36,17 +36,11 @@ from storage.models import (
     TransferState,
     utcnow,
 )
-from tests.integration.console import Browser, Console
+from tests.integration.console import Browser, Console, text_of
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 DB_PASSWORD = "s3cret-db-pass"
 
-
-def _text(html: str, element_id: str) -> str:
-    """The text of the element with ``element_id``, tags removed, spaces collapsed."""
-    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</(dd|p|table)>', html, re.S)
-    assert match, f"no #{element_id} in the page"
-    return " ".join(re.sub(r"<[^>]+>", " ", match.group(1)).split())
 
 
 def _add_study(db: Database, n: int, *, hours_ago: float = 0.0, images: int = 2,
@@ -110,17 +104,17 @@ def test_overview_shows_the_sites_figures(console: Console):
     page = browser.get("/console").body
 
     # A test process with no listener and no worker says so rather than showing 0.
-    assert _text(page, "associations") == "not this process (no DICOM listener here)"
-    assert _text(page, "device").startswith("not this process")
-    assert _text(page, "received") == "4 studies, 9 images"
-    assert _text(page, "analysed") == "2 studies, 1 failed"
-    assert _text(page, "sent") == "1 result objects"
-    assert _text(page, "queue").startswith("1 waiting, oldest job ")
-    assert _text(page, "transfers") == "1 pending, 1 dead letters"
-    assert _text(page, "model") == "none registered (the bundled model)"
-    assert re.match(r"[\d.]+ GiB free, floor 2\.0 GiB", _text(page, "disk"))
-    assert "p50 4.0 s, p95 4.0 s (1 studies)" in _text(page, "latency")
-    errors = _text(page, "errors")
+    assert text_of(page, "associations") == "not this process (no DICOM listener here)"
+    assert text_of(page, "device").startswith("not this process")
+    assert text_of(page, "received") == "4 studies, 9 images"
+    assert text_of(page, "analysed") == "2 studies, 1 failed"
+    assert text_of(page, "sent") == "1 result objects"
+    assert text_of(page, "queue").startswith("1 waiting, oldest job ")
+    assert text_of(page, "transfers") == "1 pending, 1 dead letters"
+    assert text_of(page, "model") == "none registered (the bundled model)"
+    assert re.match(r"[\d.]+ GiB free, floor 2\.0 GiB", text_of(page, "disk"))
+    assert "p50 4.0 s, p95 4.0 s (1 studies)" in text_of(page, "latency")
+    errors = text_of(page, "errors")
     assert "model crashed: out of memory" in errors
     assert "association rejected by pacs: 0x0001 &lt;b&gt;busy&lt;/b&gt;" in errors  # escaped
     # The chart: 24 bars, the current hour's holding the four studies of the last hour.
@@ -150,7 +144,7 @@ def test_viewer_may_not_retry_and_operator_retries_one_dead_letter(console: Cons
                                                          "one": str(first)})
 
     assert listed.status == 200
-    row = _text(listed.body, "transfer-list")
+    row = text_of(listed.body, "transfer-list")
     assert "pacs" in row and "association rejected by viewer" in row
     assert 'name="one"' not in listed.body  # a viewer sees no retry buttons
     assert f'name="one" value="{first}"' in page

@@ -26,16 +26,11 @@ from storage.models import (
     Transfer,
     TransferState,
 )
-from tests.integration.console import Browser, Console
+from tests.integration.console import Browser, Console, text_of
 
 ROOT = "1.2.826.0.1.3680043.10.9999"
 SKIP_REASON = "view position LL is not PA or AP"
 
-
-def _text(html: str, element_id: str) -> str:
-    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</(dd|p|table)>', html, re.S)
-    assert match, f"no #{element_id} in the page"
-    return " ".join(re.sub(r"<[^>]+>", " ", match.group(1)).split())
 
 
 def _add_study(db: Database, n: int, patient_id: str, *, accession: str = "",
@@ -90,7 +85,7 @@ def test_search_by_patient_id_finds_one_study_and_not_the_other(console: Console
     browser.logged_in_as("vera", "viewer")
 
     found = browser.get("/console/studies?patient_id=1001&state=").body
-    listed = _text(found, "study-list")
+    listed = text_of(found, "study-list")
     by_state = browser.get("/console/studies?state=analysed").body
     none = browser.get("/console/studies?state=failed").body
     bad_date = browser.get("/console/studies?date_from=15.01.2026")
@@ -100,7 +95,7 @@ def test_search_by_patient_id_finds_one_study_and_not_the_other(console: Console
     assert f'href="/console/studies/{ROOT}.1"' in found
     assert re.search(r"<td>2</td>\s*<td>analysed</td>\s*<td>1</td>", found)  # images, findings
     assert "PAT-1001" in by_state and "PAT-2002" in by_state
-    assert _text(none, "no-studies") == "No study matches."
+    assert text_of(none, "no-studies") == "No study matches."
     assert bad_date.status == 400 and "date_from" in bad_date.body
 
 
@@ -114,12 +109,12 @@ def test_study_page_shows_its_finding_and_the_gates_skip_reason(console: Console
     unknown = browser.get(f"/console/studies/{ROOT}.404")
 
     assert page.status == 200
-    instances = _text(page.body, "instances")
+    instances = text_of(page.body, "instances")
     assert f"{uid}.1.1" in instances and f"skipped : {SKIP_REASON}" in instances
-    findings = _text(page.body, "findings")
+    findings = text_of(page.body, "findings")
     assert "nodule (Nodule) 0.870 10.0, 20.0, 110.0, 140.0" in findings
-    assert "pacs: dead" in _text(page.body, "results")
-    assert "110103 instances-analysed" in _text(page.body, "audit")
+    assert "pacs: dead" in text_of(page.body, "results")
+    assert "110103 instances-analysed" in text_of(page.body, "audit")
     assert "Analyse again" not in page.body  # a viewer has no such button
     assert unknown.status == 404 and "No such study" in unknown.body
 
@@ -152,7 +147,7 @@ def test_viewer_may_not_analyse_again_and_operator_queues_one_job(console: Conso
     [audited] = console.audit("study-requeued")
     assert (audited.event_id, audited.user_name, audited.study_uid, audited.peer_address) == (
         "110100", "olga", uid, "127.0.0.1")
-    assert "queued" in _text(operator.get(f"/console/studies/{uid}").body, "state")
+    assert "queued" in text_of(operator.get(f"/console/studies/{uid}").body, "state")
 
 
 def test_a_patient_id_with_markup_is_shown_escaped(console: Console):

@@ -27,7 +27,7 @@ from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore, IncomingFile, InvalidUID, validate_uid
 from storage.intake_queue import queue_label_intake
-from storage.models import Instance, Series, Study, StudyState, utcnow
+from storage.models import PATIENT_NAME_LENGTH, Instance, Series, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger("cxr_node.ingest")
 _REGISTER_ATTEMPTS = 3
@@ -71,6 +71,7 @@ class _Header:
     transfer_syntax_uid: str
     produced_by_node: bool
     patient_id: str | None
+    patient_name: str | None
     accession_number: str | None
     study_date: str | None
     study_description: str | None
@@ -255,6 +256,7 @@ class Ingest:
                 transfer_syntax_uid=transfer_syntax,
                 produced_by_node=str(ds.get("DeviceUID", "")) == self._device_uid,
                 patient_id=_text(ds, "PatientID", 64),
+                patient_name=_text(ds, "PatientName", PATIENT_NAME_LENGTH),
                 accession_number=_text(ds, "AccessionNumber", 16),
                 study_date=_text(ds, "StudyDate", 8),
                 study_description=_text(ds, "StudyDescription", 64),
@@ -313,6 +315,7 @@ class Ingest:
             # never analysed.
             state = StudyState.RECEIVING if header.triggers_analysis else StudyState.COMPLETE
             study = Study(study_uid=header.study_uid, patient_id=header.patient_id,
+                          patient_name=header.patient_name,
                           accession_number=header.accession_number, study_date=header.study_date,
                           study_description=header.study_description, state=state, generation=1,
                           first_received_at=now, last_instance_at=now)

@@ -27,6 +27,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID = String(64)
 AE_TITLE = String(16)
+# PN: three component groups of up to 64 characters each, with their separators.
+PATIENT_NAME_LENGTH = 194
 
 
 def utcnow() -> datetime:
@@ -56,6 +58,8 @@ class Study(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_uid: Mapped[str] = mapped_column(UID, unique=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    # DICOM PN as sent (``FAMILY^GIVEN``...): the console's search by name.
+    patient_name: Mapped[str | None] = mapped_column(String(PATIENT_NAME_LENGTH))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))

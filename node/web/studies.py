@@ -9,8 +9,9 @@ A study's state on these pages is read from the study row and its latest job:
 - ``not analysed``: the latest job is done and the gate skipped every image (the node
   sent a "not analysed" SR saying why).
 
-The database holds no Patient's Name (the node stores only the identifiers it needs), so
-the search is by patient ID, accession number, study date and state.
+The search is by patient ID, patient's name, accession number, study date and state. A name
+is matched word by word (``doe jo`` finds ``DOE^JOHN``), as a person types it, not as DICOM
+spells it with carets.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from storage.models import (
 STUDIES_SHOWN = 200
 AUDIT_SHOWN = 200
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
+_NAME_WORDS = re.compile(r"[\s,^=]+")
 
 
 class ShownState(StrEnum):
@@ -67,6 +69,7 @@ class StudySearch:
     """The search form, checked: empty fields are None; dates as DICOM DA (YYYYMMDD)."""
 
     patient_id: str | None = None
+    patient_name: str | None = None
     accession_number: str | None = None
     date_from: str | None = None
     date_to: str | None = None
@@ -92,7 +95,8 @@ class StudySearch:
         if state is not None and state not in set(ShownState):
             raise ValueError(f'state "{state}" is not one of '
                              f'{", ".join(s.value for s in ShownState)}')
-        return cls(text("patient_id"), text("accession_number"), date("date_from"),
+        return cls(text("patient_id"), text("patient_name"), text("accession_number"),
+                   date("date_from"),
                    date("date_to"), ShownState(state) if state else None)
 
 
@@ -128,6 +132,10 @@ def search_studies(session: Session, search: StudySearch,
              .outerjoin(latest, latest.id == latest_id))
     if search.patient_id:
         query = query.where(Study.patient_id.ilike(_like(search.patient_id), escape="\\"))
+    if search.patient_name:
+        for word in _NAME_WORDS.split(search.patient_name):
+            if word:
+                query = query.where(Study.patient_name.ilike(_like(word), escape="\\"))
     if search.accession_number:
         query = query.where(Study.accession_number.ilike(_like(search.accession_number),
                                                          escape="\\"))
@@ -149,12 +157,26 @@ def search_studies(session: Session, search: StudySearch,
     rows = session.execute(query.order_by(Study.last_instance_at.desc(), Study.id.desc())
                            .limit(limit)).all()
     return [{"study_uid": study.study_uid, "patient_id": study.patient_id,
+             "patient_name": shown_name(study.patient_name),
              "accession_number": study.accession_number, "study_date": _shown_date(
                  study.study_date), "description": study.study_description,
              "images": count, "findings": found if job_state == JobState.DONE else None,
              "state": shown_state(study.state, job_state, bool(analysed)),
              "last_instance_at": study.last_instance_at}
             for study, job_state, analysed, count, found in rows]
+
+
+def shown_name(value: str | None) -> str | None:
+    """DICOM PN ``FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX`` as ``FAMILY, GIVEN MIDDLE``.
+
+    Only the first (alphabetic) component group is shown; ideographic and phonetic groups
+    after ``=`` are left out.
+    """
+    if not value:
+        return None
+    family, *rest = value.split("=")[0].split("^")
+    given = " ".join(part for part in rest[:2] if part)
+    return f"{family}, {given}" if family and given else family or given or None
 
 
 def _shown_date(value: str | None) -> str | None:
@@ -215,6 +237,7 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
     any_analysed = any(d.analysed for d in decisions.values())
     return {
         "study": {"study_uid": study.study_uid, "patient_id": study.patient_id,
+                  "patient_name": shown_name(study.patient_name),
                   "accession_number": study.accession_number,
                   "study_date": _shown_date(study.study_date),
                   "description": study.study_description, "generation": study.generation,

@@ -79,6 +79,7 @@ def test_setup_link_login_and_console_in_a_browser(start_node, tmp_path):
     assert received == "1 studies, 1 images"
     assert bars == 24
     assert case.patient_id in listed and "\t1\t" in listed  # one image
+    assert f"Synthetic, {case.patient_id}" in listed  # the Patient's Name storescu sent
     assert str(case.dataset.SOPInstanceUID) in instances
     assert nothing_to_send
     assert "dicom.ae_title" in settings_shown

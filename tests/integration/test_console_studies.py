@@ -7,6 +7,7 @@ them, and what "Analyse again" did against the job queue and the audit trail.
 from __future__ import annotations
 
 import re
+import urllib.parse
 
 from sqlalchemy import func, select
 
@@ -34,12 +35,13 @@ SKIP_REASON = "view position LL is not PA or AP"
 
 
 def _add_study(db: Database, n: int, patient_id: str, *, accession: str = "",
-               study_date: str = "20260115") -> str:
+               study_date: str = "20260115", patient_name: str | None = None) -> str:
     """A complete study of two images, one read (one finding) and one skipped by the gate."""
     uid = f"{ROOT}.{n}"
     with db.session() as session:
         study = Study(study_uid=uid, patient_id=patient_id, accession_number=accession or None,
-                      study_date=study_date, state=StudyState.COMPLETE)
+                      patient_name=patient_name, study_date=study_date,
+                      state=StudyState.COMPLETE)
         series = Series(study=study, series_uid=f"{uid}.1", modality="DX", series_number=1)
         read, skipped = (Instance(series=series, sop_instance_uid=f"{uid}.1.{i}",
                                   sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
@@ -97,6 +99,28 @@ def test_search_by_patient_id_finds_one_study_and_not_the_other(console: Console
     assert "PAT-1001" in by_state and "PAT-2002" in by_state
     assert text_of(none, "no-studies") == "No study matches."
     assert bad_date.status == 400 and "date_from" in bad_date.body
+
+
+def test_search_by_name_matches_every_word_typed_in_any_order(console: Console):
+    console.add_user("vera", "viewer")
+    _add_study(console.db, 1, "PAT-1", patient_name="DOE^JOHN^PAUL")
+    _add_study(console.db, 2, "PAT-2", patient_name="DOE^JANE")
+    _add_study(console.db, 3, "PAT-3", patient_name="JOHNSON^ANN")
+    browser = Browser(console.base)
+    browser.logged_in_as("vera", "viewer")
+
+    def found(name: str) -> str:
+        page = browser.get(f"/console/studies?patient_name={urllib.parse.quote(name)}").body
+        return text_of(page, "study-list") if 'id="study-list"' in page else ""
+
+    assert "DOE, JOHN PAUL" in found("doe") and "DOE, JANE" in found("doe")
+    assert "JOHNSON" not in found("doe")
+    both_words = found("john doe")
+    assert "PAT-1" in both_words and "PAT-2" not in both_words and "PAT-3" not in both_words
+    assert "PAT-1" in found("Doe, John") and "PAT-3" in found("john")
+    assert found("100%") == ""  # % is a character to match, not a wildcard
+    page = browser.get(f"/console/studies/{ROOT}.1").body
+    assert text_of(page, "patient-name") == "DOE, JOHN PAUL"
 
 
 def test_study_page_shows_its_finding_and_the_gates_skip_reason(console: Console):

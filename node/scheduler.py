@@ -100,14 +100,35 @@ class TaskRunner:
 
     def run(self, task: str, now: datetime | None = None) -> TaskRun | None:
         """Run the current occurrence of ``task`` unless another process has it."""
+        if task not in TASKS:
+            raise ValueError(f'task "{task}" is not one of {", ".join(TASKS)}')
         scheduler = self.settings.scheduler
         now = now or datetime.now(UTC)
         occurrence = _naive_utc(_latest_occurrence(
             cron_trigger(task_cron(self.settings, task), scheduler.timezone), now,
             timedelta(seconds=scheduler.misfire_grace_seconds + 1)))
+        return self._run_once(task, occurrence, self.owner, None)
+
+    def run_requested(self, task: str, user_name: str, process: str = "console",
+                      now: datetime | None = None) -> TaskRun | None:
+        """Run ``task`` now because a person asked (the console's "Run now").
+
+        The run stands for no cron occurrence: its ``scheduled_for`` is the moment it was
+        asked for, so it neither takes a scheduled occurrence's ticket (which would stop
+        the scheduler running it) nor is refused because the scheduler ran the latest one.
+        It runs the same code and is recorded and audited the same way, under
+        ``process``'s name and the person's.
+        """
+        if task not in TASKS:
+            raise ValueError(f'task "{task}" is not one of {", ".join(TASKS)}')
+        owner = f"{socket.gethostname()}:{os.getpid()}:{process}:{user_name}"[:128]
+        return self._run_once(task, _naive_utc(now or datetime.now(UTC)), owner, user_name)
+
+    def _run_once(self, task: str, occurrence: datetime, owner: str,
+                  user_name: str | None) -> TaskRun | None:
         try:
             with self.db.session() as session:
-                run = TaskRun(task=task, scheduled_for=occurrence, owner=self.owner)
+                run = TaskRun(task=task, scheduled_for=occurrence, owner=owner)
                 session.add(run)
         except IntegrityError:
             LOGGER.info("%s at %s is run by another scheduler", task, occurrence)
@@ -120,10 +141,11 @@ class TaskRunner:
         with self.db.session() as session:
             run = session.get(TaskRun, run.id)
             run.outcome, run.message, run.finished_at = outcome, message[:4000], utcnow()
-            audit.record(session, AuditEventId.APPLICATION_ACTIVITY, f"scheduled-{task}",
+            kind = "scheduled" if user_name is None else "requested"
+            audit.record(session, AuditEventId.APPLICATION_ACTIVITY, f"{kind}-{task}",
                          Outcome.SERIOUS_FAILURE if outcome == "failed" else Outcome.SUCCESS,
-                         f"{task} scheduled for {occurrence:%Y-%m-%d %H:%M:%S}: {outcome}: "
-                         f"{message}")
+                         f"{task} {kind} for {occurrence:%Y-%m-%d %H:%M:%S}: {outcome}: "
+                         f"{message}", user_name=user_name)
         return run
 
     def _retrain(self, occurrence: datetime) -> tuple[str, str]:

@@ -21,6 +21,7 @@ class AuditEventId(StrEnum):
     """DCM codes of PS3.15 A.5.3 (Event ID of the audit message)."""
 
     APPLICATION_ACTIVITY = "110100"
+    AUDIT_LOG_USED = "110101"  # the audit trail exported from the console
     INSTANCES_ACCESSED = "110103"  # images read by the detector
     INSTANCES_TRANSFERRED = "110104"
     SECURITY_ALERT = "110113"

@@ -236,7 +236,14 @@ def test_every_console_route_names_the_role_it_needs(console):
                        "/console/config": "viewer",
                        "/console/studies": "viewer",
                        "/console/studies/{study_uid}": "viewer",
-                       "/console/studies/{study_uid}/analyse": "operator"}
+                       "/console/studies/{study_uid}/analyse": "operator",
+                       "/console/scheduler": "viewer",
+                       "/console/scheduler/{task}/run": "operator",
+                       "/console/audit": "operator",
+                       "/console/audit.csv": "operator",
+                       "/console/audit/report": "operator",
+                       "/console/reports/{name}.zip": "operator",
+                       "/console/reports/{name}/{file}": "operator"}
 
 
 def test_session_cookie_is_secure_under_tls(tmp_path):

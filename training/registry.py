@@ -171,8 +171,10 @@ def gate_passed(version: ModelVersion) -> bool:
 
 
 def promote(session: Session, version_id: int, why: str, *,
-            override_reason: str | None = None, user_name: str | None = None) -> ModelVersion:
-    """Make a version active; audited with ``why`` and the person acting (``user_name``).
+            override_reason: str | None = None, user_name: str | None = None,
+            peer_address: str | None = None) -> ModelVersion:
+    """Make a version active; audited with ``why``, the person acting (``user_name``) and
+    where they acted from (``peer_address``, a console's client).
 
     A candidate must have passed the promotion gate (a retired version was active before
     and may return). Otherwise :class:`PromotionRefused` is raised, unless an admin gives
@@ -199,7 +201,7 @@ def promote(session: Session, version_id: int, why: str, *,
                     f"{'; '.join(failed)}")
     audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-promoted",
                  Outcome.MINOR_FAILURE if needs_gate else Outcome.SUCCESS, message,
-                 user_name=user_name)
+                 user_name=user_name, peer_address=peer_address)
     return version
 
 
@@ -221,10 +223,10 @@ def rollback_target(session: Session) -> tuple[ModelVersion, ModelVersion]:
     return current, previous
 
 
-def rollback(session: Session, why: str | None = None, *,
-             user_name: str | None = None) -> ModelVersion:
-    """Restore the version that was active before the current one; audited with ``why``
-    and the person acting (``user_name``)."""
+def rollback(session: Session, why: str | None = None, *, user_name: str | None = None,
+             peer_address: str | None = None) -> ModelVersion:
+    """Restore the version that was active before the current one; audited with ``why``,
+    the person acting (``user_name``) and where from (``peer_address``)."""
     current, previous = rollback_target(session)
     _activate(session, previous)
     message = (f"{previous.name} {previous.version} active again; "
@@ -232,7 +234,7 @@ def rollback(session: Session, why: str | None = None, *,
     if why:
         message += f": {why}"
     audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-rolled-back",
-                 Outcome.SUCCESS, message, user_name=user_name)
+                 Outcome.SUCCESS, message, user_name=user_name, peer_address=peer_address)
     return previous
 
 

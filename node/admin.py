@@ -192,20 +192,30 @@ def list_models(settings: Settings) -> int:
     return 0
 
 
+def cli_actor() -> str:
+    """The person running a command, as the audit trail names them: ``cli:<os user>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (e.g. a bare container)
+        return "cli:unknown"
+
+
 def promote_model(settings: Settings, version_id: int, override_reason: str | None = None) -> int:
     """Activate a version; the registry refuses a candidate that failed the gate (exit 2).
 
     ``override_reason`` (``--override``) activates it anyway; the registry audits the
     reason, the checks it failed and the user who ran the command.
     """
-    import getpass
-
     from training.registry import PromotionRefused, RegistryError, promote
 
-    why = f"promoted by {getpass.getuser()} (cxr-node models promote)"
+    actor = cli_actor()
+    why = f"promoted by {actor.removeprefix('cli:')} (cxr-node models promote)"
     with database(settings) as db, db.session() as session:
         try:
-            version = promote(session, version_id, why, override_reason=override_reason)
+            version = promote(session, version_id, why, override_reason=override_reason,
+                              user_name=actor)
         except PromotionRefused as exc:
             print(f"models promote: {exc} (--override REASON)", file=sys.stderr)
             return 2
@@ -222,7 +232,7 @@ def rollback_model(settings: Settings) -> int:
 
     def run() -> int:
         with database(settings) as db, db.session() as session:
-            restored = rollback(session)
+            restored = rollback(session, "cxr-node models rollback", user_name=cli_actor())
             print(f"{restored.name} {restored.version} is the active model again")
         return 0
 

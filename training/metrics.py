@@ -329,6 +329,23 @@ def roc_curve(scores: Any, positives: Any) -> tuple[np.ndarray, np.ndarray, np.n
     return fpr, tpr, np.r_[np.inf, ranked[last]]
 
 
+def roc_points(scores: Any, positives: Any, max_points: int = 60) -> dict[str, list] | None:
+    """The ROC curve thinned to at most ``max_points`` points, small enough to keep in the
+    registry and draw on a page; None when one class is absent (no curve exists).
+
+    The points kept are spread evenly along the curve and always include both ends.
+    """
+    if not isinstance(max_points, int) or max_points < 2:
+        raise ValueError(f"max_points {max_points!r} must be an integer of at least 2")
+    fpr, tpr, _ = roc_curve(scores, positives)
+    if np.isnan(fpr).any() or np.isnan(tpr).any():
+        return None
+    keep = np.unique(np.round(np.linspace(0, len(fpr) - 1, min(len(fpr), max_points)))
+                     .astype(int))
+    return {"fpr": [round(float(x), 4) for x in fpr[keep]],
+            "tpr": [round(float(y), 4) for y in tpr[keep]]}
+
+
 def auc(scores: Any, positives: Any) -> float:
     """AUC as the Mann-Whitney P(positive scores above negative), ties 1/2; NaN if one class."""
     scores, flags = _check_scores(scores, positives)
@@ -464,7 +481,8 @@ def evaluate(ground_truth: GroundTruth, predictions: Predictions, labels: Sequen
 
     Keys: ``images``, ``map50``, ``map40``, ``froc_iou_threshold``, ``froc`` (all labels
     pooled), ``per_finding`` (per label: image-level counts, rates and Wilson intervals at
-    ``thresholds[label]``, ``auc``, ``ap50``, ``ap40``, ``froc``, ``threshold``) and
+    ``thresholds[label]``, ``auc``, ``roc`` (see :func:`roc_points`), ``ap50``,
+    ``ap40``, ``froc``, ``threshold``) and
     ``any_finding``, where an image is called positive if any label's score reaches that
     label's threshold and its AUC score is the image's highest score of any label.
     With ``spacing_mm`` (per image, row and column pixel spacing in mm, or None), each
@@ -481,7 +499,8 @@ def evaluate(ground_truth: GroundTruth, predictions: Predictions, labels: Sequen
         scores, positives = image_scores(predictions, lab), image_positives(ground_truth, lab)
         per_finding[lab] = {
             **sensitivity_specificity(scores, positives, thresholds[lab]),
-            "auc": auc(scores, positives), "ap50": ap50[lab], "ap40": ap40[lab],
+            "auc": auc(scores, positives), "roc": roc_points(scores, positives),
+            "ap50": ap50[lab], "ap40": ap40[lab],
             "froc": froc(ground_truth, predictions, lab)["sensitivity_at"],
             "threshold": thresholds[lab]}
         if spacing_mm is not None:

@@ -171,8 +171,10 @@ def gate_passed(version: ModelVersion) -> bool:
 
 
 def promote(session: Session, version_id: int, why: str, *,
-            override_reason: str | None = None) -> ModelVersion:
-    """Make a version active; audited.
+            override_reason: str | None = None, user_name: str | None = None,
+            peer_address: str | None = None) -> ModelVersion:
+    """Make a version active; audited with ``why``, the person acting (``user_name``) and
+    where they acted from (``peer_address``, a console's client).
 
     A candidate must have passed the promotion gate (a retired version was active before
     and may return). Otherwise :class:`PromotionRefused` is raised, unless an admin gives
@@ -198,12 +200,17 @@ def promote(session: Session, version_id: int, why: str, *,
         message += (f"; promotion gate OVERRIDDEN, reason: {override}; failed checks: "
                     f"{'; '.join(failed)}")
     audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-promoted",
-                 Outcome.MINOR_FAILURE if needs_gate else Outcome.SUCCESS, message)
+                 Outcome.MINOR_FAILURE if needs_gate else Outcome.SUCCESS, message,
+                 user_name=user_name, peer_address=peer_address)
     return version
 
 
-def rollback(session: Session) -> ModelVersion:
-    """Restore the version that was active before the current one; audited."""
+def rollback_target(session: Session) -> tuple[ModelVersion, ModelVersion]:
+    """The active version and the one a rollback would restore; RegistryError if none.
+
+    The restored one is the version retired last among those that were ever active, so
+    a console can say exactly what a rollback will do before anyone confirms it.
+    """
     current = active_version(session)
     if current is None:
         raise RegistryError("no active model to roll back from")
@@ -213,10 +220,21 @@ def rollback(session: Session) -> ModelVersion:
         .order_by(ModelVersion.retired_at.desc(), ModelVersion.id.desc()).limit(1))
     if previous is None:
         raise RegistryError(f"{current.name} {current.version} has no previous active version")
+    return current, previous
+
+
+def rollback(session: Session, why: str | None = None, *, user_name: str | None = None,
+             peer_address: str | None = None) -> ModelVersion:
+    """Restore the version that was active before the current one; audited with ``why``,
+    the person acting (``user_name``) and where from (``peer_address``)."""
+    current, previous = rollback_target(session)
     _activate(session, previous)
+    message = (f"{previous.name} {previous.version} active again; "
+               f"{current.name} {current.version} retired")
+    if why:
+        message += f": {why}"
     audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "model-rolled-back",
-                 Outcome.SUCCESS, f"{previous.name} {previous.version} active again; "
-                                  f"{current.name} {current.version} retired")
+                 Outcome.SUCCESS, message, user_name=user_name, peer_address=peer_address)
     return previous
 
 

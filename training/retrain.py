@@ -71,12 +71,15 @@ def _images(labels_csv: Path) -> int:
         return len({row["file"] for row in csv.DictReader(handle)})
 
 
+KEPT_FIGURES = ("sensitivity", "specificity", "sensitivity_ci", "specificity_ci",
+                "tp", "fn", "tn", "fp", "auc", "roc", "threshold")
+
+
 def summary(report: dict) -> dict:
-    """The figures the gate and the registry keep from an evaluation report."""
+    """The figures the gate and the registry keep from an evaluation report: rates with
+    their intervals and counts, AUC and the thinned ROC curve (the console draws it)."""
     return {"images": report["data"]["images"], "map50": report["map50"],
-            "per_finding": {label: {k: values[k] for k in ("sensitivity", "specificity",
-                                                           "sensitivity_ci", "specificity_ci")
-                                    if k in values}
+            "per_finding": {label: {k: values[k] for k in KEPT_FIGURES if k in values}
                             for label, values in report["per_finding"].items()}}
 
 

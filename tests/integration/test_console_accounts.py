@@ -243,7 +243,10 @@ def test_every_console_route_names_the_role_it_needs(console):
                        "/console/audit.csv": "operator",
                        "/console/audit/report": "operator",
                        "/console/reports/{name}.zip": "operator",
-                       "/console/reports/{name}/{file}": "operator"}
+                       "/console/reports/{name}/{file}": "operator",
+                       "/console/models": "viewer", "/console/models/{version_id:int}": "viewer",
+                       "/console/models/{version_id:int}/promote": "admin",
+                       "/console/models/rollback": "admin"}
 
 
 def test_session_cookie_is_secure_under_tls(tmp_path):

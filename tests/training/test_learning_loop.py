@@ -131,6 +131,9 @@ def test_a_barely_trained_candidate_is_refused_and_cannot_be_promoted(site):
         assert "refused" in candidate.gate_report
         figures = json.loads(candidate.test_metrics)
         assert figures["test_images"] >= 8 and figures["gate_passed"] is False
+        # What the console's Models page shows: intervals, counts, AUC and the ROC curve.
+        assert all({"sensitivity_ci", "specificity_ci", "tp", "fp", "auc", "roc"} <= set(f)
+                   for f in figures["candidate"]["per_finding"].values())
         assert active_version(session).id == bundled_id
         splits = dict(session.execute(select(DatasetSplit.split,
                                              DatasetSplit.id)).all())

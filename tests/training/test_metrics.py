@@ -19,6 +19,7 @@ from training.metrics import (
     largest_box_mm,
     mean_average_precision,
     roc_curve,
+    roc_points,
     sensitivity_by_size,
     sensitivity_specificity,
     threshold_for_operating_point,
@@ -197,6 +198,26 @@ def test_roc_curve_of_the_tie_case():
     assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == 0.875
 
 
+def test_roc_points_keep_both_ends_and_at_most_the_points_asked_for():
+    rng = np.random.default_rng(0)
+    positives = np.arange(500) % 3 == 0
+    scores = rng.random(500) + positives * 0.5  # 500 distinct scores: 501 curve points
+
+    kept = roc_points(scores, positives, max_points=20)
+    fpr, tpr, _ = roc_curve(scores, positives)
+
+    assert len(kept["fpr"]) == len(kept["tpr"]) <= 20
+    assert (kept["fpr"][0], kept["tpr"][0]) == (0, 0)
+    assert (kept["fpr"][-1], kept["tpr"][-1]) == (1, 1)
+    assert kept["fpr"] == sorted(kept["fpr"]) and kept["tpr"] == sorted(kept["tpr"])
+    # Every kept point lies on the full curve (to the 4 decimals stored).
+    on_curve = {(round(x, 4), round(y, 4)) for x, y in zip(fpr, tpr, strict=True)}
+    assert set(zip(kept["fpr"], kept["tpr"], strict=True)) <= on_curve
+    assert roc_points([0.8, 0.5, 0.5, 0.2], [1, 1, 0, 0]) == {
+        "fpr": [0, 0, 0.5, 1], "tpr": [0, 0.5, 1, 1]}  # short curves kept whole
+    assert roc_points([0.3, 0.7], [True, True]) is None  # one class: no curve
+
+
 def test_threshold_for_sensitivity_keeps_specificity_and_leaves_room_below():
     # Ten positives scoring 0.9 ... 0.1 and 0.05; negatives 0.85, 0.35 and 0.02.
     # 90% sensitivity needs 9 of 10 positives called: the 9th highest positive score, 0.1.
@@ -306,9 +327,10 @@ def test_evaluate_report_is_json_and_has_the_agreed_keys():
     assert nodule["sensitivity"] == 0.75 and nodule["specificity"] == pytest.approx(2 / 3)
     assert nodule["sensitivity_ci"] == list(wilson_interval(3, 4))
     assert nodule["auc"] == pytest.approx(10 / 12) and nodule["threshold"] == 0.5
+    assert nodule["roc"] == roc_points(nodule_scores, [1, 1, 1, 1, 0, 0, 0])
     assert set(nodule["froc"]) == {"0.5", "1", "2", "4"}
     effusion = report["per_finding"]["Effusion"]  # no GT: NaN written as None
-    assert effusion["ap50"] is None and effusion["auc"] is None
+    assert effusion["ap50"] is None and effusion["auc"] is None and effusion["roc"] is None
     assert effusion["sensitivity"] is None and effusion["sensitivity_ci"] == [None, None]
     assert effusion["specificity"] == 1.0
     anything = report["any_finding"]

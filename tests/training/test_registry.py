@@ -28,6 +28,8 @@ from training.registry import (
     gate,
     promote,
     register,
+    rollback,
+    rollback_target,
 )
 
 PASSING = {"gate_passed": True, "gate_failures": []}
@@ -138,6 +140,31 @@ def test_a_passed_candidate_and_a_retired_version_are_promoted_without_override(
             promote(session, ids[0], "again")
 
 
+def test_promotion_and_rollback_name_the_person_and_the_reason(tmp_path, database):
+    with database.session() as session:
+        bundled = ensure_active(session, BUNDLED_MODEL)
+        passed = register(session, copy_of_bundled(tmp_path, "9.0.2-passed"),
+                          test_metrics=PASSING)
+        ids = bundled.id, passed.id
+
+    with database.session() as session:
+        promote(session, ids[1], "better Nodule sensitivity", user_name="alice")
+    with database.session() as session:
+        current, restored = rollback_target(session)
+        assert (current.id, restored.id) == (ids[1], ids[0])  # what a console announces
+        assert rollback(session, "false positives on the new scanner",
+                        user_name="bob").id == ids[0]
+    with database.session() as session:
+        [promoted] = promotions(session)
+        [rolled_back] = session.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "model-rolled-back")).all()
+        assert active_version(session).id == ids[0]
+    assert promoted.user_name == "alice" and "better Nodule sensitivity" in promoted.message
+    assert rolled_back.user_name == "bob"
+    assert rolled_back.message.endswith("9.0.2-passed retired: false positives on the new "
+                                        "scanner")
+
+
 def test_cli_promote_refuses_in_one_line_and_overrides_with_a_reason(tmp_path):
     config = tmp_path / "cxr-node.yaml"
     config.write_text(yaml.safe_dump({"storage": {"data_dir": str(tmp_path / "data")}}))
@@ -167,3 +194,4 @@ def test_cli_promote_refuses_in_one_line_and_overrides_with_a_reason(tmp_path):
     db.dispose()
     assert "reason: accepted by the site physicist" in event.message
     assert "(cxr-node models promote)" in event.message
+    assert event.user_name.startswith("cli:")

@@ -26,6 +26,7 @@ from node.metrics import NodeMetrics
 from node.web.auth import Accounts, auth_routes
 from node.web.console import console_routes
 from node.web.health import Readiness
+from node.web.labels_page import labels_routes
 from node.web.overview import ThisProcess
 from node.web.studies import study_routes
 
@@ -79,7 +80,8 @@ def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
     if accounts is not None:
         routes += (auth_routes(accounts, templates)
                    + console_routes(accounts, templates, process)
-                   + study_routes(accounts, templates))
+                   + study_routes(accounts, templates)
+                   + labels_routes(accounts, templates))
     app = Starlette(routes=routes)
     # node.web.server.WebServer calls this with its URL once it listens.
     app.state.on_started = accounts.announce if accounts is not None else None

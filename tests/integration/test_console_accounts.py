@@ -236,7 +236,10 @@ def test_every_console_route_names_the_role_it_needs(console):
                        "/console/config": "viewer",
                        "/console/studies": "viewer",
                        "/console/studies/{study_uid}": "viewer",
-                       "/console/studies/{study_uid}/analyse": "operator"}
+                       "/console/studies/{study_uid}/analyse": "operator",
+                       "/console/labels": "viewer",
+                       "/console/labels/{batch_id:int}": "viewer",
+                       "/console/labels/import": "admin"}
 
 
 def test_session_cookie_is_secure_under_tls(tmp_path):

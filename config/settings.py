@@ -347,6 +347,9 @@ class WebSettings(_Section):
     max_failed_logins_per_address: int = Field(default=20, ge=1, le=10_000)
     failed_login_window_seconds: float = Field(default=300.0, ge=1)
     session_hours: float = Field(default=8.0, gt=0, le=720)
+    # The largest upload the console takes (a labels file: NIH's box list is about 100 kB,
+    # VinDr-CXR's train.csv a few MB); past it, 413 before anything is imported.
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, le=2**31)
 
     _check_bind = field_validator("bind_address")(_check_ip_address)
 

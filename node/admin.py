@@ -119,6 +119,8 @@ def retry_transfers(settings: Settings, transfer_ids: list[int]) -> int:
 
 
 def import_labels(settings: Settings, path: Path, fmt: str) -> int:
+    """``cxr-node labels import``: the console's Labels page calls the same import_file."""
+    from node.users import cli_actor
     from storage.files import DicomFileStore
     from training.label_store import import_file
     from training.labels import LabelImportError
@@ -126,7 +128,7 @@ def import_labels(settings: Settings, path: Path, fmt: str) -> int:
     def run() -> int:
         with database(settings) as db:
             summary = import_file(settings, db, DicomFileStore(settings.storage.data_dir),
-                                  path, fmt)
+                                  path, fmt, user_name=cli_actor())
         print(f"imported {summary.text()}")
         return 0
 

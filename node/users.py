@@ -18,7 +18,7 @@ from storage.audit import AuditEventId, Outcome, record
 from storage.models import utcnow
 
 
-def _actor() -> str:
+def cli_actor() -> str:
     try:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no name for this uid (e.g. a bare container)
@@ -43,7 +43,7 @@ def add_user(settings: Settings, name: str, role: str, password_stdin: bool) -> 
     with database(settings) as db, db.session() as session:
         accounts.add_user(session, Passwords(), name, role, password)
         record(session, AuditEventId.APPLICATION_ACTIVITY, "user-added", Outcome.SUCCESS,
-               f'console user "{name}" added as {role}', user_name=_actor())
+               f'console user "{name}" added as {role}', user_name=cli_actor())
     print(f"added {name} ({role})")
 
 
@@ -54,7 +54,7 @@ def change_password(settings: Settings, name: str, password_stdin: bool) -> None
         accounts.set_password(session, Passwords(), name, password)
         record(session, AuditEventId.APPLICATION_ACTIVITY, "password-changed",
                Outcome.SUCCESS, f'password of console user "{name}" changed; their sessions '
-               "ended, a lockout lifted", user_name=_actor())
+               "ended, a lockout lifted", user_name=cli_actor())
     print(f"password of {name} changed; their sessions ended")
 
 
@@ -65,7 +65,7 @@ def set_disabled(settings: Settings, name: str, disabled: bool) -> None:
         event, what = (("user-disabled", "disabled; their sessions ended") if disabled
                        else ("user-enabled", "enabled"))
         record(session, AuditEventId.APPLICATION_ACTIVITY, event, Outcome.SUCCESS,
-               f'console user "{name}" {what}', user_name=_actor())
+               f'console user "{name}" {what}', user_name=cli_actor())
     print(f"{name} {'disabled' if disabled else 'enabled'}")
 
 

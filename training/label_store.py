@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -45,6 +46,7 @@ class IntakeSummary:
     labels: int = 0
     unmatched_keys: list[str] = field(default_factory=list)
     unmapped_codes: list[tuple[str, str, str]] = field(default_factory=list)
+    batch_ids: list[int] = field(default_factory=list)  # one per study labelled
 
     def text(self) -> str:
         parts = [f"{self.labels} labels on {self.studies} studies"]
@@ -60,9 +62,14 @@ class IntakeSummary:
 
 
 def save_batch(session: Session, study_id: int, source: str, labeller: str, reference: str,
-               records: Sequence[tuple[Instance, LabelRecord]]) -> LabelBatch:
-    """One labelling of a study; earlier current batches of the study become history."""
-    now = utcnow()
+               records: Sequence[tuple[Instance, LabelRecord]],
+               at: datetime | None = None) -> LabelBatch:
+    """One labelling of a study; earlier current batches of the study become history.
+
+    ``at``: the batches of one import share their time with its audit row (the link from a
+    batch to who imported it; :func:`import_file`).
+    """
+    now = at or utcnow()
     session.execute(update(LabelBatch)
                     .where(LabelBatch.study_id == study_id, LabelBatch.superseded_at.is_(None))
                     .values(superseded_at=now).execution_options(synchronize_session=False))
@@ -80,14 +87,18 @@ def save_batch(session: Session, study_id: int, source: str, labeller: str, refe
     return batch
 
 
-def _save_by_study(session: Session, matched: list[tuple[Instance, LabelRecord]], source: str,
-                   labeller: str, reference: str) -> dict[int, int]:
+def _save_by_study(summary: IntakeSummary, session: Session,
+                   matched: list[tuple[Instance, LabelRecord]], source: str, labeller: str,
+                   reference: str, at: datetime | None = None) -> None:
+    """One batch per study; the summary counts them and keeps their ids."""
     by_study: dict[int, list[tuple[Instance, LabelRecord]]] = defaultdict(list)
     for instance, record in matched:
         by_study[instance.series.study_id].append((instance, record))
     for study_id, records in by_study.items():
-        save_batch(session, study_id, source, labeller, reference, records)
-    return {study_id: len(records) for study_id, records in by_study.items()}
+        batch = save_batch(session, study_id, source, labeller, reference, records, at)
+        summary.batch_ids.append(batch.id)
+        summary.labels += len(records)
+    summary.studies = len(by_study)
 
 
 def _unmapped(records: Sequence[LabelRecord]) -> list[tuple[str, str, str]]:
@@ -120,8 +131,7 @@ class LabelIntake:
             summary.unmatched_keys = sorted({r.image_key for r in parsed.records} - set(instances))
             if not parsed.records and parsed.reviewed_normal:
                 summary.unmatched_keys.append("(no referenced image)")
-            counts = _save_by_study(session, matched, "sr", labeller, parsed.sop_instance_uid)
-            summary.studies, summary.labels = len(counts), sum(counts.values())
+            _save_by_study(summary, session, matched, "sr", labeller, parsed.sop_instance_uid)
             audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "labels-received",
                          Outcome.SUCCESS if matched else Outcome.MINOR_FAILURE,
                          f"SR from {labeller}"
@@ -155,11 +165,18 @@ def _instances_by_attribute(session: Session, store: DicomFileStore,
 
 
 def import_file(settings: Settings, db: Database, store: DicomFileStore, path: Path, fmt: str,
-                vocabulary: Sequence[Finding] = DEFAULT_FINDINGS) -> IntakeSummary:
+                vocabulary: Sequence[Finding] = DEFAULT_FINDINGS, *,
+                source_name: str | None = None, user_name: str | None = None,
+                peer_address: str | None = None) -> IntakeSummary:
     """Import a labels file: all or nothing (training.labels.LabelImportError lists bad rows).
 
     Rows whose image the node does not hold are reported, not imported: a public box list
-    covers far more images than a site holds.
+    covers far more images than a site holds. ``source_name`` is the file's name as its
+    owner knows it (the console imports an upload from a temporary file), kept as each
+    batch's labeller; ``user_name`` and ``peer_address`` name who imported it in the audit
+    row. That row's time is every batch's ``created_at`` and its message carries the file's
+    SHA-256 (each batch's ``source_reference``): the schema has no column for the importer,
+    and this ties each batch to the import that wrote it without one.
     """
     labels = settings.labels
     if fmt == "nih":
@@ -171,7 +188,8 @@ def import_file(settings: Settings, db: Database, store: DicomFileStore, path: P
         records = read_plain_csv(path, vocabulary)
     else:
         raise ValueError(f'format "{fmt}" is not one of {", ".join(FORMATS)}')
-    reference = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    reference = _sha256(Path(path))
+    name = source_name or Path(path).name
     summary = IntakeSummary(unmapped_codes=_unmapped(records))
     with db.session() as session:
         keys = {r.image_key for r in records}
@@ -181,11 +199,23 @@ def import_file(settings: Settings, db: Database, store: DicomFileStore, path: P
             instances = _instances_by_attribute(session, store, labels.match_attribute)
         matched = [(instances[r.image_key], r) for r in records if r.image_key in instances]
         summary.unmatched_keys = sorted(keys - set(instances))
-        counts = _save_by_study(session, matched, fmt, Path(path).name, reference)
-        summary.studies, summary.labels = len(counts), sum(counts.values())
-        audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "labels-imported",
-                     Outcome.SUCCESS, f"{fmt} file {Path(path).name}: {summary.text()}")
+        at = utcnow()
+        _save_by_study(summary, session, matched, fmt, name, reference, at)
+        event = audit.record(session, AuditEventId.APPLICATION_ACTIVITY, "labels-imported",
+                             Outcome.SUCCESS, f"{fmt} file {name} (sha256 {reference}): "
+                             f"{summary.text()}", user_name=user_name,
+                             peer_address=peer_address)
+        event.occurred_at = at  # the batches' time: who imported a batch is found by it
     return summary
+
+
+def _sha256(path: Path) -> str:
+    """In blocks: an upload may be tens of megabytes, and this runs beside the web service."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def current_labels(session: Session) -> list[tuple[Study, Instance, list[Label]]]:

@@ -23,6 +23,7 @@ ChestX-ray8, VinDr-CXR) or a CSV of our own. Each reader turns one source into
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -418,28 +419,59 @@ def _read_table(path: str | PathLike, required: Sequence[str], optional: Sequenc
     """(line, {column: stripped text}) per row, and the rows with a wrong field count.
 
     Empty trailing fields are allowed (NIH's header and rows end in ",,,"); blank rows are
-    skipped. A bad header stops at once: no row can be read without it.
+    skipped. A bad header stops at once: no row can be read without it, and neither can
+    anything after bytes that are not UTF-8 or a line the csv module refuses (a NUL byte, a
+    field past its size limit): a spreadsheet or an image chosen by mistake is one line.
     """
-    rows, errors = [], []
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        header = [column(cell) for cell in next(reader, [])]
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise LabelImportError(str(path), [(1, f"missing column(s) {', '.join(missing)} "
-                                                   f"in the header")])
-        width = max(i for i, name in enumerate(header) if name) + 1
-        wanted = {name: header.index(name) for name in (*required, *optional) if name in header}
-        for fields in reader:
-            if not any(f.strip() for f in fields):
-                continue
-            used = max(i for i, f in enumerate(fields) if f.strip()) + 1
-            if len(fields) < width or used > width:
-                found = len(fields) if len(fields) < width else used
-                errors.append((reader.line_num, f"{found} fields, expected {width}"))
-                continue
-            rows.append((reader.line_num, {n: fields[i].strip() for n, i in wanted.items()}))
+        try:
+            return _read_rows(path, reader, required, optional, column)
+        except UnicodeDecodeError as exc:
+            raise LabelImportError(str(path), [(_first_bad_utf8(path), (
+                f"not UTF-8 text ({exc.reason}); save the file as CSV in UTF-8"))]) from None
+        except csv.Error as exc:
+            raise LabelImportError(str(path), [(reader.line_num, f"not CSV: {exc}")]) from None
+
+
+def _read_rows(path: str | PathLike, reader: Iterator[list[str]], required: Sequence[str],
+               optional: Sequence[str],
+               column: Callable[[str], str]) -> tuple[list, list[tuple[int, str]]]:
+    rows, errors = [], []
+    header = [column(cell) for cell in next(reader, [])]
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise LabelImportError(str(path), [(1, f"missing column(s) {', '.join(missing)} "
+                                               f"in the header")])
+    width = max(i for i, name in enumerate(header) if name) + 1
+    wanted = {name: header.index(name) for name in (*required, *optional) if name in header}
+    for fields in reader:
+        if not any(f.strip() for f in fields):
+            continue
+        used = max(i for i, f in enumerate(fields) if f.strip()) + 1
+        if len(fields) < width or used > width:
+            found = len(fields) if len(fields) < width else used
+            errors.append((reader.line_num, f"{found} fields, expected {width}"))
+            continue
+        rows.append((reader.line_num, {n: fields[i].strip() for n, i in wanted.items()}))
     return rows, errors
+
+
+def _first_bad_utf8(path: str | PathLike) -> int:
+    """The line of the first byte that is not UTF-8: the text layer decodes blocks ahead of
+    the csv reader, so its line count does not say where the bad byte is."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(1 << 16)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                return line + exc.object.count(b"\n", 0, exc.start)
+            if not block:
+                return line
+            line += block.count(b"\n")
 
 
 def _number(text: str, name: str, minimum: float | None = 0.0) -> float:

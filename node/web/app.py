@@ -27,6 +27,7 @@ from node.web.audit_page import audit_routes
 from node.web.auth import Accounts, auth_routes
 from node.web.console import console_routes
 from node.web.health import Readiness
+from node.web.labels_page import labels_routes
 from node.web.models_page import model_routes
 from node.web.overview import ThisProcess
 from node.web.scheduler_page import scheduler_routes
@@ -85,7 +86,8 @@ def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
                    + study_routes(accounts, templates)
                    + scheduler_routes(accounts, templates)
                    + audit_routes(accounts, templates)
-                   + model_routes(accounts, templates))
+                   + model_routes(accounts, templates)
+                   + labels_routes(accounts, templates))
     app = Starlette(routes=routes)
     # node.web.server.WebServer calls this with its URL once it listens.
     app.state.on_started = accounts.announce if accounts is not None else None

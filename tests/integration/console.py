@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import re
+import secrets
 import ssl
 import urllib.error
 import urllib.parse
@@ -116,6 +117,22 @@ class Browser:
         """A form POST; a list of pairs sends a field more than once (ticked boxes)."""
         data = urllib.parse.urlencode(fields).encode()
         return self._send(urllib.request.Request(self.base + path, data=data, method="POST"))
+
+    def upload(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]],
+               chunked: bool = False) -> Answer:
+        """A multipart/form-data POST, as a form with a file input sends it; ``chunked``
+        sends it without a Content-Length (Transfer-Encoding: chunked)."""
+        boundary = secrets.token_hex(16)
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                 f"{value}\r\n".encode() for name, value in fields.items()]
+        parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                  f'filename="{filename}"\r\nContent-Type: text/csv\r\n\r\n'.encode()
+                  + data + b"\r\n" for name, (filename, data) in files.items()]
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        data = iter([body[i:i + 8192] for i in range(0, len(body), 8192)]) if chunked else body
+        return self._send(urllib.request.Request(
+            self.base + path, data=data, method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}))
 
     def csrf(self, path: str) -> str:
         """The hidden CSRF field of the page at ``path``, as a browser would submit it."""

@@ -246,7 +246,10 @@ def test_every_console_route_names_the_role_it_needs(console):
                        "/console/reports/{name}/{file}": "operator",
                        "/console/models": "viewer", "/console/models/{version_id:int}": "viewer",
                        "/console/models/{version_id:int}/promote": "admin",
-                       "/console/models/rollback": "admin"}
+                       "/console/models/rollback": "admin",
+                       "/console/labels": "viewer",
+                       "/console/labels/{batch_id:int}": "viewer",
+                       "/console/labels/import": "admin"}
 
 
 def test_session_cookie_is_secure_under_tls(tmp_path):

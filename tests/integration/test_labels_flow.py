@@ -140,3 +140,6 @@ def test_nih_box_list_import_matches_by_image_index_and_is_all_or_nothing(start_
     assert "00000099_000.png" in accepted.stdout  # reported: the node holds no such image
     labels = rows(node, select(Label.label, Label.x1, Label.y1, Label.x2, Label.y2))
     assert [tuple(r) for r in labels] == [("Pleural effusion", 10.0, 20.0, 40.0, 60.0)]
+    [event] = audit_events(node, "labels-imported")
+    assert event.user_name.startswith("cli:")  # the person who ran the command
+    assert event.message.startswith("nih file BBox_List_2017.csv (sha256 ")

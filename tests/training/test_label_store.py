@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from config.settings import Settings
 from storage.files import DicomFileStore
-from storage.models import Instance, Label, LabelBatch, Series, Study
+from storage.models import AuditEvent, Instance, Label, LabelBatch, Series, Study
 from training.label_store import current_labels, import_file
 from training.labels import LabelImportError
 
@@ -84,3 +84,28 @@ def test_a_bad_row_imports_nothing(site, tmp_path):
 
     with database.session() as session:
         assert session.scalars(select(Label.id)).all() == []
+
+
+def test_an_import_keeps_the_files_own_name_and_audits_who_imported_it(site, tmp_path):
+    """The console imports an upload from a temporary file: the batches keep the name the
+    admin chose, and the audit row names the admin and shares the batches' time."""
+    settings, database, store = site
+    upload = tmp_path / "tmp8k2j.part"
+    upload.write_text("sop_instance_uid,label,x1,y1,x2,y2\n1.2.3.1.1,Nodule,1,2,3,4\n"
+                      "1.2.3.2.1,,,,,\n")
+
+    summary = import_file(settings, database, store, upload, "csv",
+                          source_name="site-labels.csv", user_name="ada",
+                          peer_address="10.0.0.7")
+
+    with database.session() as session:
+        batches = session.scalars(select(LabelBatch).order_by(LabelBatch.id)).all()
+        [event] = session.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "labels-imported")).all()
+    assert summary.batch_ids == [batch.id for batch in batches] and len(batches) == 2
+    assert {batch.labeller for batch in batches} == {"site-labels.csv"}
+    assert {batch.created_at for batch in batches} == {event.occurred_at}
+    assert (event.user_name, event.peer_address) == ("ada", "10.0.0.7")
+    assert event.message.startswith(
+        f"csv file site-labels.csv (sha256 {batches[0].source_reference}): 2 labels on 2 "
+        "studies")

@@ -542,3 +542,21 @@ def test_plain_csv_patients(tmp_path):
         path.read_text().splitlines()[:5]) + "\n")) == {"1.2.3": "P1", "1.2.5": "P2"}
     assert read_plain_csv_patients(write(tmp_path, "none.csv", "sop_instance_uid,label,x1,"
                                          "y1,x2,y2\n1.2.3,,,,,\n")) == {}
+
+
+def test_bytes_that_are_not_utf8_or_csv_are_one_bad_line_not_a_traceback(tmp_path):
+    header = b"sop_instance_uid,label,x1,y1,x2,y2\n"
+    rows = b"1.2.3,Nodule,10,20,30,40\n" * 5000  # past the text layer's first read-ahead
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(header + rows + b"1.2.4,N\xe9odule,1,2,3,4\n")
+    huge_field = tmp_path / "huge.csv"
+    huge_field.write_bytes(header + b"1.2.3," + b"x" * 200_000 + b",1,2,3,4\n")
+
+    with pytest.raises(LabelImportError) as not_utf8:
+        read_plain_csv(latin1)
+    with pytest.raises(LabelImportError) as not_csv:
+        read_plain_csv(huge_field)
+
+    assert not_utf8.value.errors == [
+        (5002, "not UTF-8 text (invalid continuation byte); save the file as CSV in UTF-8")]
+    assert not_csv.value.errors == [(2, "not CSV: field larger than field limit (131072)")]

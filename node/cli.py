@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         "import", help="write a training folder (images/, labels.csv) from a data set's files "
         "as published; all or nothing, bad rows listed with line numbers")
     dataset_import.add_argument("file", type=Path, help="the labels: BBox_List_2017.csv (nih), "
-                                "train.csv (vindr) or our CSV (csv)")
+                                "Kaggle's train.csv or PhysioNet's annotations_train.csv or "
+                                "annotations_test.csv (vindr), or our CSV (csv)")
     dataset_import.add_argument("--format", required=True, choices=("nih", "vindr", "csv"))
     dataset_import.add_argument("--images", required=True, type=Path,
                                 help="folder with the image files (searched with subfolders)")

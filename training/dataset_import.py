@@ -11,9 +11,12 @@ reader consensus), so a file means the same to both imports.
   when its labels are "No Finding"; one with findings but no box is left out (as normal it
   would teach the detector that the finding is background). Views other than PA and AP
   are left out (the node analyses only those).
-- VinDr-CXR: ``train.csv`` with several readers per image, merged by the configured
-  consensus; Nodule/Mass is split by the box's size in mm where the DICOM has a pixel
-  spacing (30 mm or more is a mass).
+- VinDr-CXR: Kaggle's ``train.csv`` or PhysioNet's ``annotations/annotations_train.csv``
+  with several readers per image, merged by the configured consensus, or PhysioNet's
+  ``annotations_test.csv``, one consensus reading per image (:func:`read_vindr_csv`);
+  Nodule/Mass is split by the box's size in mm where the DICOM has a pixel spacing (30 mm
+  or more is a mass). ``--images`` may be PhysioNet's root: ``train/`` and ``test/`` are
+  searched below it, and an image id names one ``<image_id>.dicom`` in either.
 - Our CSV (``sop_instance_uid,label,x1,y1,x2,y2[,reader][,patient_id]``): DICOM images
   are found by their SOP Instance UID, PNG and JPEG ones by their name without suffix.
 

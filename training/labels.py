@@ -66,27 +66,55 @@ NIH_IMAGE_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Ef
                     "Pleural_Thickening", "Pneumonia", "Pneumothorax")
 NIH_NO_FINDING = "No Finding"
 VINDR_SCHEME = "99VINDR"
-# Index = class_id.
+# The Kaggle competition's train.csv: index = class_id.
 VINDR_CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly",
                  "Consolidation", "ILD", "Infiltration", "Lung Opacity", "Nodule/Mass",
                  "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
                  "Pulmonary fibrosis", "No finding")
 VINDR_NO_FINDING = "No finding"
+# PhysioNet's vindr-cxr 1.0.0 annotations_*.csv (no class_id): the paper's 22 local labels,
+# of which Kaggle kept the 14 above, and "No finding".
+VINDR_LOCAL_CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly",
+                       "Clavicle fracture", "Consolidation", "Edema", "Emphysema",
+                       "Enlarged PA", "ILD", "Infiltration", "Lung cavity", "Lung cyst",
+                       "Lung Opacity", "Mediastinal shift", "Nodule/Mass", "Other lesion",
+                       "Pleural effusion", "Pleural thickening", "Pneumothorax",
+                       "Pulmonary fibrosis", "Rib fracture", VINDR_NO_FINDING)
+# The reader of a file without rad_id: PhysioNet's annotations_test.csv, the consensus of
+# five radiologists, which is one reading of each image.
+VINDR_CONSENSUS_READER = "consensus"
 # VinDr-CXR class -> the default vocabulary's label; None: kept out (the record keeps the
 # VinDr class with label None, and imports count it). The one table of this mapping: the
-# label intake and `cxr-node dataset import` both read it. Another vocabulary that has a
-# class under its own name (e.g. "Aortic enlargement") gets it by name.
+# label intake and `cxr-node dataset import` both read it, for both published layouts.
+# Another vocabulary that has a class under its own name (e.g. "Aortic enlargement",
+# "Edema") gets it by name.
 VINDR_MAPPING: dict[str, str | None] = {
     "Aortic enlargement": None,  # mediastinal, not in the vocabulary
     "Atelectasis": "Atelectasis",
     "Calcification": None,
     "Cardiomegaly": "Cardiomegaly",
+    # PhysioNet only. A bone finding: the vocabulary has no skeletal class.
+    "Clavicle fracture": None,
     # Air-space opacity the image alone does not tell from infiltrate (as NIH's Pneumonia).
     "Consolidation": "Infiltration",
+    # PhysioNet only. NIH, whose box classes the vocabulary is, labels Edema apart from
+    # Infiltration; boxes drawn over both lungs' fluid would teach Infiltration the wrong shape.
+    "Edema": None,
+    # PhysioNet only. Hyperinflation of whole lungs, not a focal finding.
+    "Emphysema": None,
+    # PhysioNet only. Vascular (pulmonary artery), as Aortic enlargement is mediastinal.
+    "Enlarged PA": None,
     "ILD": None,  # a diffuse interstitial pattern over whole lungs, not a focal finding
     "Infiltration": "Infiltration",
+    # PhysioNet only. A gas-filled space in a lesion (Fleischner glossary): its box is the
+    # cavity, not the solid nodule or mass that the vocabulary's classes are.
+    "Lung cavity": None,
+    # PhysioNet only. A thin-walled air space: lucent, the opposite of a nodule.
+    "Lung cyst": None,
     # A catch-all that VinDr readers draw over nodules, effusions and consolidation alike.
     "Lung Opacity": None,
+    # PhysioNet only. A displacement of the mediastinum, not a lesion of its own.
+    "Mediastinal shift": None,
     # One class in VinDr; `dataset import` splits it by the box's size in mm where the DICOM
     # gives the pixel spacing (a mass is 30 mm or more, Fleischner glossary), else Nodule.
     "Nodule/Mass": "Nodule",
@@ -95,6 +123,8 @@ VINDR_MAPPING: dict[str, str | None] = {
     "Pleural thickening": None,
     "Pneumothorax": "Pneumothorax",
     "Pulmonary fibrosis": None,
+    # PhysioNet only. A bone finding, as Clavicle fracture.
+    "Rib fracture": None,
 }
 XYXY = ("x1", "y1", "x2", "y2")
 VINDR_XYXY = ("x_min", "y_min", "x_max", "y_max")
@@ -628,9 +658,42 @@ def _vindr_finding(name: str, vocabulary: Sequence[Finding]) -> Finding | None:
     return match_finding(mapped or name, vocabulary)
 
 
+def _vindr_code_value(name: str) -> str:
+    """Kaggle's class_id where the class has one, so that a class has one code whichever
+    layout it came in; else its name (PhysioNet gives its eight extra classes no number)."""
+    return str(VINDR_CLASSES.index(name)) if name in VINDR_CLASSES else name
+
+
+def _vindr_class(row: dict[str, str]) -> str:
+    """The row's class_name, checked against the layout its header says it is in."""
+    name = row["class_name"]
+    if name not in VINDR_LOCAL_CLASSES:
+        raise ValueError(f'class_name "{name}" is not a VinDr-CXR class')
+    if "class_id" in row:  # Kaggle's train.csv: the id must be that of the name
+        if name not in VINDR_CLASSES:
+            raise ValueError(f'class_name "{name}" is one of PhysioNet\'s 22 classes, which '
+                             f"Kaggle's train.csv (with class_id) does not have")
+        if row["class_id"] != str(VINDR_CLASSES.index(name)):
+            raise ValueError(f'class_id "{row["class_id"]}" is not that of "{name}" '
+                             f"({VINDR_CLASSES.index(name)})")
+    return name
+
+
 def read_vindr_csv(path: str | PathLike, vocabulary: Sequence[Finding] = DEFAULT_FINDINGS,
                    consensus: str = "majority", iou: float = 0.4) -> list[LabelRecord]:
-    """VinDr-CXR ``train.csv``: several readers per image, merged by ``consensus``.
+    """VinDr-CXR box lists as published, several readers per image merged by ``consensus``.
+
+    Two layouts, told apart by the header (column order does not matter):
+
+    - Kaggle's competition ``train.csv``: ``image_id,class_name,class_id,rad_id,x_min,…``,
+      14 classes and "No finding"; each class_id must be that of its class_name.
+    - PhysioNet's vindr-cxr 1.0.0 ``annotations/annotations_train.csv``:
+      ``image_id,rad_id,class_name,x_min,…``, no class_id, the paper's 22 local labels
+      (:data:`VINDR_LOCAL_CLASSES`). Its ``annotations_test.csv`` is the consensus of five
+      radiologists; without a rad_id column every row is that one reading
+      (:data:`VINDR_CONSENSUS_READER`), so each of its boxes is kept whatever the rule
+      (a finding named under two classes of one label, as Consolidation and Infiltration,
+      still counts once, as for any reader).
 
     Classes map to the vocabulary by :data:`VINDR_MAPPING`. Boxes of one label (or of one
     unmapped class) are clustered (:func:`_clusters`); a cluster with boxes from at least k
@@ -645,20 +708,16 @@ def read_vindr_csv(path: str | PathLike, vocabulary: Sequence[Finding] = DEFAULT
                          f"{', '.join(c.value for c in Consensus)}") from None
     if isinstance(iou, bool) or not isinstance(iou, int | float) or not 0 < iou <= 1:
         raise ValueError(f"iou must be a number in (0, 1], got {iou!r}")
-    rows, errors = _read_table(path, ("image_id", "class_name", "class_id", "rad_id",
-                                      *VINDR_XYXY))
+    rows, errors = _read_table(path, ("image_id", "class_name", *VINDR_XYXY),
+                               ("class_id", "rad_id"))
     readers: dict[str, list[str]] = {}
     said_normal: dict[str, list[str]] = {}
     boxes: dict[str, dict[tuple[Finding | None, Code], list[tuple[str, Box]]]] = {}
     for line, row in rows:
         try:
-            image, rad = _key(row, "image_id"), _key(row, "rad_id")
-            name = row["class_name"]
-            if name not in VINDR_CLASSES:
-                raise ValueError(f'class_name "{name}" is not a VinDr-CXR class')
-            if row["class_id"] != str(VINDR_CLASSES.index(name)):
-                raise ValueError(f'class_id "{row["class_id"]}" is not that of "{name}" '
-                                 f"({VINDR_CLASSES.index(name)})")
+            image = _key(row, "image_id")
+            rad = _key(row, "rad_id") if "rad_id" in row else VINDR_CONSENSUS_READER
+            name = _vindr_class(row)
             if name == VINDR_NO_FINDING:
                 if any(row[n] for n in VINDR_XYXY):
                     raise ValueError("No finding with coordinates")
@@ -666,7 +725,7 @@ def read_vindr_csv(path: str | PathLike, vocabulary: Sequence[Finding] = DEFAULT
             else:
                 box = _xyxy(row, VINDR_XYXY)
                 finding = _vindr_finding(name, vocabulary)
-                code = _record_code(finding, (VINDR_SCHEME, row["class_id"], name))
+                code = _record_code(finding, (VINDR_SCHEME, _vindr_code_value(name), name))
                 boxes.setdefault(image, {}).setdefault((finding, code), []).append((rad, box))
             if rad not in readers.setdefault(image, []):
                 readers[image].append(rad)

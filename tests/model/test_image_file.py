@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.encaps import generate_fragmented_frames
 
 from model.image_file import is_dicom, picture_size, read_image
 from model.phantom import dx_dataset
@@ -64,6 +69,104 @@ def test_a_jpeg_is_its_decoded_pixels_through_the_dicom_path(tmp_path):
     assert ds.BitsStored == 8 and ds.pixel_array.shape == (200, 240)
     assert np.abs(ds.pixel_array.astype(int) - pixels).mean() < 3  # lossy, but this image
     same_as_dicom(tmp_path / "x.jpg", decoded, 8, tmp_path)
+
+
+def high_bit_jpeg(tool, folder: Path, pixels: np.ndarray, bits: int,  # noqa: ANN001
+                  options: list[str]) -> tuple[Path, pydicom.Dataset]:
+    """A JPEG of more than 8 bits as an exporter writes one: dcmtk's dcmcjpeg compresses a
+    DICOM of ``pixels``, and the one fragment of its pixel data (PS3.5 A.4) is the file.
+    Returns the file and the compressed DICOM."""
+    plain, compressed = folder / "plain.dcm", folder / "compressed.dcm"
+    dx_dataset(pixels, bits_stored=bits).save_as(plain, enforce_file_format=True)
+    subprocess.run([tool("dcmcjpeg"), *options, str(plain), str(compressed)], check=True,
+                   capture_output=True, timeout=60)
+    ds = pydicom.dcmread(compressed)
+    (fragment,) = next(generate_fragmented_frames(ds.PixelData, number_of_frames=1))
+    path = folder / "export.jpg"
+    path.write_bytes(fragment)
+    return path, ds
+
+
+def start_of_frame(path: Path) -> int:
+    """The SOF marker's code: which JPEG process wrote the file (T.81 Table B.1)."""
+    data = path.read_bytes()
+    return min((data.find(bytes((0xFF, code))), code) for code in (0xC0, 0xC1, 0xC3)
+               if bytes((0xFF, code)) in data)[1]
+
+
+@pytest.mark.parametrize(("bits", "options"), [
+    (16, ["+e1"]),  # lossless, selection value 1: the JPEG's precision is 16
+    (12, ["+e1", "+pl", "+bt"]),  # the same at a precision of 12 bits
+])
+def test_a_lossless_high_bit_jpeg_reads_exactly_as_its_pixels(tool, tmp_path, bits, options):
+    pixels = radiograph(300, 260, 2 ** bits - 1, np.uint16)
+    path, _ = high_bit_jpeg(tool, tmp_path, pixels, bits, options)
+    assert start_of_frame(path) == 0xC3  # SOF3, lossless: Pillow cannot open it
+    with pytest.raises(OSError):
+        Image.open(path)
+
+    ds = read_image(path)
+
+    assert (ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated,
+            ds.BitsStored) == ("MONOCHROME2", 1, 16, bits)
+    np.testing.assert_array_equal(ds.pixel_array, pixels)
+    assert picture_size(path) == (300, 260)
+    same_as_dicom(path, pixels, bits, tmp_path)
+
+
+def test_a_12_bit_extended_jpeg_reads_as_dicom_decodes_the_same_bytes(tool, tmp_path):
+    """SOF1, lossy: the pixels are those the DICOM it came from decodes to."""
+    pixels = radiograph(240, 200, 4095, np.uint16)
+    path, compressed = high_bit_jpeg(tool, tmp_path, pixels, 12, ["+ee", "+bt"])
+    assert start_of_frame(path) == 0xC1
+
+    ds = read_image(path)
+
+    assert (ds.BitsAllocated, ds.BitsStored) == (16, 12)
+    np.testing.assert_array_equal(ds.pixel_array, compressed.pixel_array)
+    assert np.abs(ds.pixel_array.astype(int) - pixels).mean() < 20  # lossy, but this image
+    assert picture_size(path) == (240, 200)
+
+
+def _cut_in_half(data: bytes) -> bytes:
+    return data[:len(data) // 2]
+
+
+def _header_only(data: bytes) -> bytes:
+    return data[:data.find(b"\xff\xda")]
+
+
+def _garbled_scan(data: bytes) -> bytes:
+    scan = data.find(b"\xff\xda") + 40
+    return data[:scan] + b"\xff\x00" * 50 + data[scan + 100:]
+
+
+def _corrupt_huffman_table(data: bytes) -> bytes:
+    table = data.find(b"\xff\xc4")
+    return data[:table + 5] + b"\xff" * 16 + data[table + 21:]  # code counts past 2^16
+
+
+def _three_components(data: bytes) -> bytes:
+    frame = data.find(b"\xff\xc3")
+    return data[:frame + 9] + b"\x03" + data[frame + 10:]
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_cut_in_half, r"cannot be decoded \(the file ends before the JPEG's end-of-image "
+                   r"marker: truncated\)"),
+    (_header_only, "cannot be decoded .*truncated"),
+    (_garbled_scan, r"cannot be decoded \(libjpeg error .*huffman code"),
+    (_corrupt_huffman_table, r"cannot be decoded \(libjpeg error .*huffman table"),
+    (_three_components, "a 16-bit JPEG of 3 components; a radiograph is one grey channel"),
+])
+def test_a_damaged_high_bit_jpeg_is_refused_naming_the_file(tool, tmp_path, damage, message):
+    path, _ = high_bit_jpeg(tool, tmp_path, radiograph(200, 200, 65535, np.uint16), 16,
+                            ["+e1"])
+    path.write_bytes(damage(path.read_bytes()))
+
+    with pytest.raises(UnsupportedImage, match=message) as caught:
+        read_image(path)
+    assert str(caught.value).startswith(f"{path}: ")
 
 
 @pytest.mark.parametrize(("write", "message"), [

@@ -247,6 +247,114 @@ def test_vindr_consensus_comes_from_the_configuration(vindr, tmp_path, monkeypat
         "all"
 
 
+# PhysioNet vindr-cxr 1.0.0: annotations/ beside train/ and test/, rad_id second and no
+# class_id, the paper's 22 classes; the test set's consensus without rad_id.
+PHYSIONET_HEADER = "image_id,rad_id,class_name,x_min,y_min,x_max,y_max\n"
+PHYSIONET_TEST_HEADER = "image_id,class_name,x_min,y_min,x_max,y_max\n"
+PHYSIONET_IMAGE_LABELS = ("image_id,rad_id,Aortic enlargement,Atelectasis,Calcification,"
+                          "Cardiomegaly,Clavicle fracture,Consolidation,Edema,Emphysema,"
+                          "Enlarged PA,ILD,Infiltration,Lung Opacity,Lung cavity,Lung cyst,"
+                          "Mediastinal shift,Nodule/Mass,Pleural effusion,Pleural thickening,"
+                          "Pneumothorax,Pulmonary fibrosis,Rib fracture,Other lesion,COPD,"
+                          "Lung tumor,Pneumonia,Tuberculosis,Other diseases,No finding\n")
+PHYSIONET_TRAIN = {name: f"{index:x}" * 32 for index, name in enumerate("pqrst", start=1)}
+PHYSIONET_TEST = {name: f"{index:x}0" * 16 for index, name in enumerate("uvw", start=1)}
+
+
+def physionet_train_rows() -> list[str]:
+    p, q, r, s, t = (PHYSIONET_TRAIN[key] for key in "pqrst")
+    return [
+        f"{p},R1,Cardiomegaly,120,300,400,460", f"{p},R2,Cardiomegaly,124,304,404,464",
+        *(f"{p},R{n},Rib fracture,20,40,80,70" for n in (1, 2, 3)),  # kept out, counted
+        f"{p},R3,Nodule/Mass,300,100,340,140",  # one reader of three
+        *(f"{q},R{n},Edema,50,300,460,560" for n in (4, 5, 6)),  # only outside: left out
+        *(f"{r},R{n},No finding,,,," for n in (7, 8, 9)),
+        *(f"{s},R{n},No finding,,,," for n in (1, 2, 3)),  # not downloaded
+        f"{t},R4,Pneumothorax,300,60,480,300", f"{t},R5,Pneumothorax,304,60,480,296",
+        f"{t},R6,No finding,,,,", f"{t},R4,Emphysema,0,0,512,640",
+    ]
+
+
+def write_physionet(root: Path) -> dict[str, Path]:
+    """The layout as downloaded: annotations/*.csv, train/<id>.dicom, test/<id>.dicom (one
+    train image missing), and the files a download also holds that are not images."""
+    for folder in ("annotations", "train", "test"):
+        (root / folder).mkdir(parents=True)
+    images = [("train", key, image) for key, image in PHYSIONET_TRAIN.items() if key != "s"]
+    images += [("test", key, image) for key, image in PHYSIONET_TEST.items()]
+    for index, (folder, key, image) in enumerate(images):
+        ds = dx_dataset(chest(640, 512, 4095, seed=40 + index), patient_id=f"PN{key}",
+                        pixel_spacing_mm=SPACING)
+        ds.save_as(root / folder / f"{image}.dicom", enforce_file_format=True)
+    u, v, w = (PHYSIONET_TEST[key] for key in "uvw")
+    test_rows = [f"{u},Nodule/Mass,100,100,300,260",  # 40 mm: a mass
+                 f"{u},Nodule/Mass,400,500,430,530",  # 6 mm: a nodule
+                 f"{u},Pleural effusion,300,400,500,600",
+                 f"{u},Clavicle fracture,60,20,160,60",
+                 f"{v},No finding,,,,",
+                 f"{w},Mediastinal shift,150,100,350,600"]
+    files = {"train": root / "annotations" / "annotations_train.csv",
+             "test": root / "annotations" / "annotations_test.csv", "images": root}
+    files["train"].write_text(PHYSIONET_HEADER + "\n".join(physionet_train_rows()) + "\n")
+    files["test"].write_text(PHYSIONET_TEST_HEADER + "\n".join(test_rows) + "\n")
+    (root / "annotations" / "image_labels_train.csv").write_text(
+        PHYSIONET_IMAGE_LABELS + f"{PHYSIONET_TRAIN['r']},R7" + ",0" * 27 + ",1\n")
+    (root / "LICENSE.txt").write_text("PhysioNet Credentialed Health Data License 1.5.0\n")
+    (root / "SHA256SUMS.txt").write_text("")
+    (root / "RECORDS").write_text("train\ntest\n")  # no suffix: checked for DICM, not one
+    return files
+
+
+@pytest.fixture(scope="module")
+def physionet(tmp_path_factory) -> dict[str, Path]:
+    return write_physionet(tmp_path_factory.mktemp("vindr-cxr") / "1.0.0")
+
+
+def test_physionet_train_annotations_import_from_the_download_root(physionet, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "out"
+
+    code = main(["dataset", "import", str(physionet["train"]), "--format", "vindr",
+                 "--images", str(physionet["images"]), "--out", str(out)])
+
+    assert code == 0
+    images = {name.split(".")[0]: value for name, value in labels_of(out).items()}
+    ids = PHYSIONET_TRAIN
+    assert sorted(images) == sorted(ids[k] for k in "prt")
+    assert images[ids["p"]]["boxes"] == [("Cardiomegaly", 122, 302, 402, 462)]
+    assert images[ids["p"]]["path"] == Path(f"images/train/{ids['p']}.dicom")
+    assert images[ids["r"]]["boxes"] == []  # three readers said No finding
+    assert images[ids["t"]]["boxes"] == [("Pneumothorax", 302, 60, 480, 298)]
+    summary = json.loads((out / "import_summary.json").read_text())
+    assert summary["boxes_outside_vocabulary"] == {"Edema": 1, "Rib fracture": 1}
+    assert summary["left_out"] == {"image file not found": 1,
+                                   "only findings outside the vocabulary": 1}
+    assert summary["not_found_examples"] == [ids["s"]]
+    assert summary["image_files_not_used"] == 4  # q (Edema only) and the three test images
+    printed = capsys.readouterr().out
+    assert "imported 3 images of 3 patients" in printed
+    assert "boxes outside the vocabulary (dropped): Edema 1, Rib fracture 1" in printed
+
+
+def test_physionet_test_consensus_keeps_every_box(physionet, tmp_path):
+    """annotations_test.csv has no rad_id: one consensus reading, kept whatever the rule."""
+    summary = import_dataset("vindr", physionet["test"], physionet["images"],
+                             tmp_path / "out", consensus="all")
+
+    images = {name.split(".")[0]: value for name, value in labels_of(tmp_path / "out").items()}
+    ids = PHYSIONET_TEST
+    assert sorted(images) == sorted(ids[k] for k in "uv")
+    assert images[ids["u"]]["boxes"] == [("Mass", 100, 100, 300, 260),
+                                         ("Nodule", 400, 500, 430, 530),
+                                         ("Pleural effusion", 300, 400, 500, 600)]
+    assert images[ids["u"]]["path"] == Path(f"images/test/{ids['u']}.dicom")
+    assert images[ids["v"]]["boxes"] == []
+    assert summary["boxes_outside_vocabulary"] == {"Clavicle fracture": 1,
+                                                   "Mediastinal shift": 1}
+    assert summary["left_out"] == {"only findings outside the vocabulary": 1}
+    assert summary["nodule_mass"] == {"Mass": 1, "Nodule": 1}
+
+
 # --------------------------------------------------------------------------- our CSV
 
 

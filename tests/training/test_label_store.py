@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from config.settings import Settings
+from node.cli import main
 from storage.files import DicomFileStore
 from storage.models import AuditEvent, Instance, Label, LabelBatch, Series, Study
 from training.label_store import current_labels, import_file
@@ -71,6 +72,34 @@ def test_vindr_import_merges_readers_keeps_unmapped_and_supersedes(site, tmp_pat
     assert batches[0][1] is not None and batches[1][1] is None
     assert current == [(None, True)]
     assert kept is not None  # the superseded labels stay as history
+
+
+def test_physionet_annotations_import_through_the_command(site, tmp_path, monkeypatch,
+                                                          capsys):
+    """`cxr-node labels import --format vindr` takes PhysioNet's annotations_train.csv
+    (rad_id second, no class_id, classes Kaggle does not have) as it takes train.csv."""
+    settings, database, store = site
+    monkeypatch.setenv("CXR_NODE_STORAGE__DATA_DIR", str(settings.storage.data_dir))
+    monkeypatch.setenv("CXR_NODE_STORAGE__DATABASE_URL", settings.storage.database_url)
+    annotations = tmp_path / "annotations_train.csv"
+    annotations.write_text("image_id,rad_id,class_name,x_min,y_min,x_max,y_max\n"
+                           "1.2.3.1.1,R8,Cardiomegaly,100,300,300,400\n"
+                           "1.2.3.1.1,R9,Cardiomegaly,110,310,310,410\n"
+                           "1.2.3.1.1,R8,Emphysema,0,0,500,500\n"
+                           "1.2.3.1.1,R9,Emphysema,0,0,500,500\n"
+                           "1.2.3.2.1,R1,No finding,,,,\n"
+                           "1.2.3.2.1,R2,No finding,,,,\n")
+
+    assert main(["labels", "import", str(annotations), "--format", "vindr"]) == 0
+
+    assert capsys.readouterr().out.startswith("imported ")
+    with database.session() as session:
+        labelled = {instance.sop_instance_uid: [(label.label, label.code_value, label.normal,
+                                                 label.x1) for label in labels]
+                    for _, instance, labels in current_labels(session)}
+    assert labelled == {"1.2.3.1.1": [("Cardiomegaly", "287272002", False, 105.0),
+                                      (None, "Emphysema", False, 0.0)],
+                        "1.2.3.2.1": [(None, None, True, None)]}
 
 
 def test_a_bad_row_imports_nothing(site, tmp_path):

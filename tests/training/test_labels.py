@@ -32,6 +32,7 @@ from model.vocabulary import DEFAULT_FINDINGS
 from node.results import Algorithm, ImageFinding, ProducingDevice, build_measurement_report
 from training.labels import (
     VINDR_CLASSES,
+    VINDR_LOCAL_CLASSES,
     VINDR_MAPPING,
     LabelImportError,
     LabelRecord,
@@ -442,9 +443,16 @@ def test_vindr_classes_map_by_one_table_and_one_finding_named_twice_counts_once(
         LabelRecord("img1", None, ("99VINDR", "7", "Lung Opacity"),
                     (100.0, 100.0, 200.0, 200.0), reader="R1,R2"),
     ]
-    assert set(VINDR_MAPPING) == set(VINDR_CLASSES) - {"No finding"}
+    # Every class either layout may name has its row; Kaggle's 14 are among PhysioNet's 22.
+    assert set(VINDR_MAPPING) == set(VINDR_LOCAL_CLASSES) - {"No finding"}
+    assert len(VINDR_MAPPING) == 22 and set(VINDR_CLASSES) <= set(VINDR_LOCAL_CLASSES)
     assert {VINDR_MAPPING[name] for name in ("Consolidation", "Infiltration")} == \
         {"Infiltration"} and VINDR_MAPPING["Nodule/Mass"] == "Nodule"
+    # PhysioNet's eight extra classes have no place in the default vocabulary.
+    assert {name: VINDR_MAPPING[name] for name in set(VINDR_LOCAL_CLASSES)
+            - set(VINDR_CLASSES)} == dict.fromkeys(
+        ("Clavicle fracture", "Edema", "Emphysema", "Enlarged PA", "Lung cavity", "Lung cyst",
+         "Mediastinal shift", "Rib fracture"))
 
 
 def test_vindr_bad_rows(tmp_path):
@@ -453,17 +461,85 @@ def test_vindr_bad_rows(tmp_path):
                  + "img1,Emphysema,15,R1,0,0,100,100\n"
                  + "img2,No finding,14,R1,0,0,10,10\n"
                  + "img3,Pneumothorax,12,R1,100,0,100,50\n"
-                 + "img4,Atelectasis,1,,0,0,10,10\n")
+                 + "img4,Atelectasis,1,,0,0,10,10\n"
+                 + "img5,Pneumonia,15,R1,0,0,10,10\n")
 
     with pytest.raises(LabelImportError) as caught:
         read_vindr_csv(path)
 
     assert caught.value.errors == [
         (2, 'class_id "4" is not that of "Cardiomegaly" (3)'),
-        (3, 'class_name "Emphysema" is not a VinDr-CXR class'),
+        (3, 'class_name "Emphysema" is one of PhysioNet\'s 22 classes, which Kaggle\'s '
+            "train.csv (with class_id) does not have"),
         (4, "No finding with coordinates"),
         (5, "x_max must be > x_min, got x_min 100, x_max 100"),
         (6, "rad_id is empty"),
+        (7, 'class_name "Pneumonia" is not a VinDr-CXR class'),  # an image-level label
+    ]
+
+
+# PhysioNet vindr-cxr 1.0.0, annotations/annotations_train.csv: rad_id second, no class_id.
+PHYSIONET = """image_id,rad_id,class_name,x_min,y_min,x_max,y_max
+img1,R8,Cardiomegaly,100,300,300,400
+img1,R9,Cardiomegaly,110,310,310,410
+img1,R8,Aortic enlargement,200,100,260,160
+img1,R10,Aortic enlargement,202,102,262,162
+img1,R9,Rib fracture,20,20,60,40
+img1,R10,Rib fracture,22,20,62,40
+img1,R8,Emphysema,0,0,500,500
+img2,R1,No finding,,,,
+img2,R2,No finding,,,,
+img2,R3,Edema,10,10,90,90
+"""
+
+
+def test_physionet_annotations_read_with_the_same_table_and_consensus(tmp_path):
+    records = read_vindr_csv(write(tmp_path, "annotations_train.csv", PHYSIONET))
+
+    assert records == [
+        CARDIOMEGALY_MEAN,  # as from Kaggle's train.csv
+        AORTIC_MEAN,  # Kaggle's class_id is its code whichever layout it came in
+        LabelRecord("img1", None, ("99VINDR", "Rib fracture", "Rib fracture"),
+                    (21.0, 20.0, 61.0, 40.0), reader="R9,R10"),  # PhysioNet only: no id
+        # R8's lone Emphysema and R3's lone Edema have no majority
+        LabelRecord("img2", None, None, None, normal=True, reader="R1,R2"),
+    ]
+
+
+def test_physionet_bad_rows(tmp_path):
+    path = write(tmp_path, "annotations_train.csv", PHYSIONET.splitlines()[0] + "\n"
+                 + "img1,R1,Pneumonia,0,0,10,10\n"
+                 + "img1,R1,lung cyst,0,0,10,10\n"
+                 + "img2,,Lung cyst,0,0,10,10\n")
+
+    with pytest.raises(LabelImportError) as caught:
+        read_vindr_csv(path)
+
+    assert caught.value.errors == [(2, 'class_name "Pneumonia" is not a VinDr-CXR class'),
+                                   (3, 'class_name "lung cyst" is not a VinDr-CXR class'),
+                                   (4, "rad_id is empty")]
+
+
+@pytest.mark.parametrize("consensus", ["majority", "all"])
+def test_physionet_test_consensus_without_rad_id_keeps_every_box(tmp_path, consensus):
+    """annotations_test.csv is the consensus of five readers: one reading, kept whole."""
+    path = write(tmp_path, "annotations_test.csv", "image_id,class_name,x_min,y_min,x_max,y_max\n"
+                 "img1,Cardiomegaly,100,300,300,400\n"
+                 "img1,Nodule/Mass,600,100,640,140\n"
+                 "img1,Nodule/Mass,400,100,430,130\n"
+                 "img1,Lung cavity,600,100,640,140\n"
+                 "img2,No finding,,,,\n")
+
+    records = read_vindr_csv(path, consensus=consensus)
+
+    assert records == [
+        LabelRecord("img1", "Cardiomegaly", CARDIOMEGALY, (100.0, 300.0, 300.0, 400.0),
+                    reader="consensus"),
+        LabelRecord("img1", "Nodule", NODULE, (600.0, 100.0, 640.0, 140.0), reader="consensus"),
+        LabelRecord("img1", "Nodule", NODULE, (400.0, 100.0, 430.0, 130.0), reader="consensus"),
+        LabelRecord("img1", None, ("99VINDR", "Lung cavity", "Lung cavity"),
+                    (600.0, 100.0, 640.0, 140.0), reader="consensus"),
+        LabelRecord("img2", None, None, None, normal=True, reader="consensus"),
     ]
 
 

@@ -18,12 +18,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-import pytest
 from sqlalchemy import select
 
 from node.web.app import OPEN_PATHS
 from storage import accounts
 from storage.models import WebSession
+from tests.conftest import unavailable
 from tests.integration.console import (
     LOCKOUT_SECONDS,
     PASSWORD,
@@ -255,7 +255,7 @@ def test_every_console_route_names_the_role_it_needs(console):
 def test_session_cookie_is_secure_under_tls(tmp_path):
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed: no certificate for the TLS web service")
+        unavailable("openssl is not installed: no certificate for the TLS web service")
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
                     "web.key", "-out", "web.crt", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True,

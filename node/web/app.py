@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -28,6 +29,7 @@ from node.web.auth import Accounts, auth_routes
 from node.web.console import console_routes
 from node.web.health import Readiness
 from node.web.labels_page import labels_routes
+from node.web.limits import FormBodyLimit
 from node.web.models_page import model_routes
 from node.web.overview import ThisProcess
 from node.web.scheduler_page import scheduler_routes
@@ -88,7 +90,7 @@ def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
                    + audit_routes(accounts, templates)
                    + model_routes(accounts, templates)
                    + labels_routes(accounts, templates))
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(FormBodyLimit)])
     # node.web.server.WebServer calls this with its URL once it listens.
     app.state.on_started = accounts.announce if accounts is not None else None
     return app

@@ -36,6 +36,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import Message
 
 from node.web.auth import Accounts, Endpoint, client_address, message_page, require
+from node.web.limits import BodyTooLarge
 from storage.files import DicomFileStore
 from storage.models import (
     AuditEvent,
@@ -61,10 +62,6 @@ FORMAT_TITLES = {
     "csv": "CSV (sop_instance_uid, label, x1, y1, x2, y2[, reader])",
 }
 FORMAT_CHOICES = tuple((fmt, FORMAT_TITLES[fmt]) for fmt in FORMATS)  # the CLI's choices
-
-
-class BodyTooLarge(Exception):
-    """A request body past the bound, raised from the counting ``receive``."""
 
 
 def _size_words(size: int) -> str:

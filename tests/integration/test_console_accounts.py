@@ -8,9 +8,11 @@ refused request changed nothing.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -279,3 +281,48 @@ def test_session_cookie_is_secure_under_tls(tmp_path):
         flags = {part.strip().lower() for part in cookie.split(";")[1:]}
         assert {"httponly", "samesite=strict", "secure"} <= flags
     assert login.status == 303
+
+
+def test_a_huge_form_body_is_refused_before_it_is_read_and_the_console_keeps_serving(console):
+    """Anyone who reaches the port can POST to /login: 413 unread, and then 413 at the
+    first 64 KiB of a chunked body of 100 MiB (the client sees the refusal long before it
+    could have sent it all)."""
+    console.add_user("ada", "admin")
+    port = int(console.base.rsplit(":", 1)[1])
+    declared = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    declared.putrequest("POST", "/login")
+    declared.putheader("Content-Type", "application/x-www-form-urlencoded")
+    declared.putheader("Content-Length", str(10 * 2**30))
+    declared.endheaders()
+    refused = declared.getresponse()
+
+    chunked = socket.create_connection(("127.0.0.1", port), timeout=10)
+    chunked.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                    b"boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n")
+    block = b"x" * 65536
+    answer = b""
+    sent = 0
+    try:
+        while sent < 100 * 2**20 and b"\r\n\r\n" not in answer:
+            chunked.sendall(b"%x\r\n%s\r\n" % (len(block), block))
+            sent += len(block)
+            chunked.setblocking(False)
+            try:
+                answer += chunked.recv(4096)
+            except BlockingIOError:
+                pass
+            chunked.setblocking(True)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    chunked.settimeout(10)
+    while b"\r\n\r\n" not in answer:
+        more = chunked.recv(4096)
+        if not more:
+            break
+        answer += more
+    chunked.close()
+
+    assert refused.status == 413 and b"larger than 65536 bytes" in refused.read()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 10 * 2**20  # refused at the start, not after the whole body
+    assert Browser(console.base).login("ada").status == 303  # and still serving

@@ -55,8 +55,16 @@ def report(passed: bool, candidate: dict, active: dict, snapshot: int) -> dict:
 
 @pytest.fixture
 def site(console):
+    """The registry of :func:`add_registry`; an admin, an operator and a viewer."""
+    ids = add_registry(console)
+    for name, role in (("ada", "admin"), ("otto", "operator"), ("vic", "viewer")):
+        console.add_user(name, role)
+    return console, ids
+
+
+def add_registry(console: Console) -> dict[str, int]:
     """Bundled 1.0.0 active, 2.0.0 passed the gate, 2.0.1 refused (an older report: counts
-    but no intervals, no AUC, no curve); an admin, an operator and a viewer."""
+    but no intervals, no AUC, no curve); their ids by version."""
     now = utcnow()
     with console.db.session() as session:
         snapshot = DatasetSnapshot(fingerprint=FINGERPRINT, path="/snapshots/7", counts="{}")
@@ -90,10 +98,7 @@ def site(console):
             gate_report=f"promotion gate refused:\n- {REFUSAL}\n- golden outputs reproduced")
         session.add_all([passed, refused])
         session.flush()
-        ids = {"1.0.0": bundled.id, "2.0.0": passed.id, "2.0.1": refused.id}
-    for name, role in (("ada", "admin"), ("otto", "operator"), ("vic", "viewer")):
-        console.add_user(name, role)
-    return console, ids
+        return {"1.0.0": bundled.id, "2.0.0": passed.id, "2.0.1": refused.id}
 
 
 def states(console: Console) -> dict[str, str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, exists, false, func, or_, select
@@ -26,13 +27,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from node.web.auth import Accounts, client_address, message_page, require
+from node.web.preview import NoPreview, preview_png
 from storage.audit import AuditEventId, Outcome, record
 from storage.db import Database
+from storage.files import DicomFileStore
 from storage.jobs import queue_study_again
 from storage.models import (
     AuditEvent,
@@ -41,6 +44,7 @@ from storage.models import (
     Instance,
     Job,
     JobState,
+    ResultKind,
     ResultObject,
     Series,
     Study,
@@ -295,6 +299,7 @@ def analyse_again(db: Database, study_uid: str, actor: str, address: str | None)
 
 def study_routes(accounts_: Accounts, templates: Jinja2Templates) -> list[Route]:
     db = accounts_.db
+    store = DicomFileStore(accounts_.settings.storage.data_dir)
 
     def search(query: StudySearch) -> list[dict[str, Any]]:
         with db.session() as session:
@@ -342,8 +347,33 @@ def study_routes(accounts_: Accounts, templates: Jinja2Templates) -> list[Route]
         return RedirectResponse(f"/console/studies/{study_uid}?notice=job+{job_id}+queued",
                                 status_code=303)
 
+    def sc_file(study_uid: str, sop_uid: str) -> Path | None:
+        """The file of this study's SC ``sop_uid``; None if there is no such SC."""
+        with db.session() as session:
+            path = session.scalar(select(ResultObject.path).join(Study).where(
+                Study.study_uid == study_uid, ResultObject.sop_instance_uid == sop_uid,
+                ResultObject.kind == ResultKind.SC))
+        return None if path is None else store.absolute(path)
+
+    def render(study_uid: str, sop_uid: str) -> bytes | None:
+        path = sc_file(study_uid, sop_uid)
+        return None if path is None else preview_png(path)
+
+    @require(UserRole.VIEWER, accounts_, templates)
+    async def preview(request: Request) -> Response:
+        params = request.path_params
+        try:
+            png = await run_in_threadpool(render, params["study_uid"], params["sop_uid"])
+        except NoPreview as exc:
+            return PlainTextResponse(f"no preview: {exc}\n", status_code=410)
+        if png is None:
+            return PlainTextResponse("no such result image in this study\n", status_code=404)
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
     return [
         Route("/console/studies", studies, methods=["GET"]),
+        Route("/console/studies/{study_uid}/preview/{sop_uid}.png", preview, methods=["GET"]),
         Route("/console/studies/{study_uid}", study, methods=["GET"]),
         Route("/console/studies/{study_uid}/analyse", again, methods=["POST"]),
     ]

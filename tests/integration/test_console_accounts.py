@@ -239,6 +239,7 @@ def test_every_console_route_names_the_role_it_needs(console):
                        "/console/studies": "viewer",
                        "/console/studies/{study_uid}": "viewer",
                        "/console/studies/{study_uid}/analyse": "operator",
+                       "/console/studies/{study_uid}/preview/{sop_uid}.png": "viewer",
                        "/console/scheduler": "viewer",
                        "/console/scheduler/{task}/run": "operator",
                        "/console/audit": "operator",

@@ -186,3 +186,30 @@ def test_a_patient_id_with_markup_is_shown_escaped(console: Console):
     for body in (listed, page):
         assert "<script>" not in body
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+
+
+def test_preview_serves_only_this_studys_secondary_capture(console: Console):
+    """The SR of a study is no picture (404), an SC whose file is gone says so (410), and
+    without a login nothing is served; the browser test sees a real one drawn."""
+    console.add_user("vera", "viewer")
+    uid = _add_study(console.db, 1, "PAT-1")
+    with console.db.session() as session:
+        job_id = session.scalar(select(Job.id).join(Study).where(Study.study_uid == uid))
+        study_id = session.scalar(select(Study.id).where(Study.study_uid == uid))
+        session.add(ResultObject(job_id=job_id, study_id=study_id, kind=ResultKind.SC,
+                                 sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+                                 sop_instance_uid=f"{uid}.97", series_instance_uid=f"{uid}.96",
+                                 path="results/gone.dcm"))
+    anonymous = Browser(console.base).get(f"/console/studies/{uid}/preview/{uid}.97.png")
+    browser = Browser(console.base)
+    browser.logged_in_as("vera", "viewer")
+
+    sr = browser.get(f"/console/studies/{uid}/preview/{uid}.99.png")
+    gone = browser.get(f"/console/studies/{uid}/preview/{uid}.97.png")
+    other_study = browser.get(f"/console/studies/{ROOT}.2/preview/{uid}.97.png")
+    page = browser.get(f"/console/studies/{uid}").body
+
+    assert anonymous.status == 303 and anonymous.location.startswith("/login")
+    assert sr.status == 404 and other_study.status == 404
+    assert gone.status == 410 and "gone.dcm: the file is no longer on disk" in gone.body
+    assert f'src="/console/studies/{uid}/preview/{uid}.97.png"' in page

@@ -300,6 +300,8 @@ def test_a_huge_form_body_is_refused_before_it_is_read_and_the_console_keeps_ser
     chunked = socket.create_connection(("127.0.0.1", port), timeout=10)
     chunked.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
                     b"boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n")
+    start = b'--b\r\nContent-Disposition: form-data; name="f"; filename="f"\r\n\r\n'
+    chunked.sendall(b"%x\r\n%s\r\n" % (len(start), start))  # a valid start: a file part
     block = b"x" * 65536
     answer = b""
     sent = 0

@@ -8,9 +8,10 @@
     the console overview every second, as Prometheus and a watching admin would. The ratio
     is the median of the pairs' ratios.
 (b) Page time with ``--studies`` studies in PostgreSQL (issue 16: p95 <= 300 ms). Each
-    study has a series, an image and a finished job, received over the last 30 days (a
-    30th of them today). ``cxr-node web`` runs alone on that database; a logged-in admin
-    GETs the overview and each other console page ``--requests`` times; p50 and p95 per page.
+    study has a patient's name, a series, an image, a finished job and an audit event,
+    received over the last 30 days (a 30th of them today). ``cxr-node web`` runs alone on
+    that database; a logged-in admin GETs the overview and each other console page
+    ``--requests`` times; p50 and p95 per page.
 
 The last line printed is one JSON object.
 """
@@ -42,14 +43,28 @@ from node.demo_pacs import free_port  # noqa: E402
 from storage import accounts  # noqa: E402
 from storage.accounts import Passwords  # noqa: E402
 from storage.db import Database  # noqa: E402
-from storage.models import Instance, Job, JobState, Series, Study, StudyState, utcnow  # noqa: E402
+from storage.models import (  # noqa: E402
+    AuditEvent,
+    Instance,
+    Job,
+    JobState,
+    Series,
+    Study,
+    StudyState,
+    utcnow,
+)
 from tests.integration.console import Browser  # noqa: E402
 from tests.peers import CXR_NODE, REPO, NodeProcess, wait_for_port  # noqa: E402
 
 ADMIN, PASSWORD = "bench-admin", "bench password 1234"
+# Patient's names of the filled site: "doe" matches one study in 50, as a common name would.
+FAMILY_NAMES = ("DOE", "SMITH", "NGUYEN", "GARCIA", "MUELLER", "ROSSI", "KOWALSKI", "SILVA",
+                "TANAKA", "KIM") + tuple(f"NAME{n}" for n in range(40))
+GIVEN_NAMES = ("JOHN", "ANNA", "LI", "MARIA", "JAN", "SARA", "OMAR")
 # Pages an admin opens; a page that does not exist yet (404) is left out of the figures.
 PAGES = ("/console", "/console/transfers", "/console/config", "/console/studies",
-         "/console/studies?patient_id=P0000042")
+         "/console/studies?patient_id=P0000042", "/console/studies?patient_name=doe",
+         "/console/models", "/console/labels", "/console/scheduler", "/console/audit")
 
 
 def add_admin(database_url: str) -> None:
@@ -155,6 +170,7 @@ def fill_site(url: str, studies: int) -> None:
             received = {i: now - timedelta(days=(i % 30), minutes=i % 1440) for i in ids}
             connection.execute(insert(Study), [{
                 "id": i, "study_uid": f"2.25.{i}", "patient_id": f"P{i:07d}",
+                "patient_name": f"{FAMILY_NAMES[i % len(FAMILY_NAMES)]}^{GIVEN_NAMES[i % 7]}",
                 "accession_number": f"A{i}", "study_date": received[i].strftime("%Y%m%d"),
                 "state": StudyState.COMPLETE, "generation": 1, "first_received_at": received[i],
                 "last_instance_at": received[i], "completed_at": received[i]} for i in ids])
@@ -171,7 +187,13 @@ def fill_site(url: str, studies: int) -> None:
                 "id": i, "study_id": i, "study_generation": 1, "state": JobState.DONE,
                 "created_at": received[i], "finished_at": received[i] + timedelta(seconds=20)}
                 for i in ids])
-        for table in ("studies", "series", "instances", "jobs"):  # after explicit ids
+            connection.execute(insert(AuditEvent), [{
+                "id": i, "occurred_at": received[i], "event_id": "110104",
+                "event_type": "instance-stored", "outcome": 0, "calling_ae_title": "MODALITY",
+                "called_ae_title": "CXRNODE", "peer_address": "10.0.0.7",
+                "study_uid": f"2.25.{i}", "sop_instance_uid": f"2.25.{i}.1.1",
+                "message": "stored"} for i in ids])
+        for table in ("studies", "series", "instances", "jobs", "audit_events"):
             connection.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                     f"(SELECT max(id) FROM {table}))"))
             connection.execute(text(f"ANALYZE {table}"))

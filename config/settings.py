@@ -362,6 +362,71 @@ class WebSettings(_Section):
         return value
 
 
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# A DICOMweb peer's name stands where a DIMSE peer's calling AE title does (audit rows, the
+# instance's sender), so it fits the same 16 characters; no spaces, so it reads in a log.
+_PEER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,16}$")
+
+
+def check_dicomweb_peer_name(value: str) -> str:
+    """A DICOMweb peer's name, or ``ValueError`` naming what a name may be."""
+    if not _PEER_NAME.match(value):
+        raise ValueError(f'"{value}" is not a peer name (1-16 of A-Z a-z 0-9 _ . -)')
+    return value
+
+
+class DicomwebPeer(_Section):
+    """A DICOMweb client that may store to the node (STOW-RS), known by a bearer token.
+
+    Only the token's SHA-256 is kept. A fast hash is enough where a password would need a
+    slow one (argon2, as console accounts have): the token is 256 random bits from
+    ``cxr-node dicomweb token``, so no guess list exists to try against a leaked digest,
+    and a slow hash would cost every request its milliseconds and memory.
+    """
+
+    name: str
+    token_sha256: str
+
+    _check_name = field_validator("name")(check_dicomweb_peer_name)
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _check_digest(cls, value: str) -> str:
+        if not _SHA256_HEX.match(value):
+            raise ValueError("is not a SHA-256 digest (64 of 0-9 a-f); make a token and its "
+                             "digest with `cxr-node dicomweb token NAME`")
+        return value
+
+
+class DicomwebSettings(_Section):
+    """DICOMweb on the web service: who may store (STOW-RS) and the bounds on a request.
+
+    STOW-RS is served by `cxr-node serve` only (on ``web.port``), the process whose ingest
+    and completion monitor the DIMSE listener uses too. Each part is bounded by
+    ``dicom.max_instance_bytes`` and refused with the free disk below
+    ``dicom.min_free_disk_bytes``, as a C-STORE is.
+    """
+
+    peers: list[DicomwebPeer] = Field(default_factory=list)
+    # Parts (instances) in one request; past it, 413 and the rest is not read.
+    max_parts: int = Field(default=1000, ge=1, le=100_000)
+    # The header block of one part (Content-Type and the like: a few dozen bytes).
+    max_part_header_bytes: int = Field(default=16_384, ge=256, le=1_048_576)
+    # A whole request; a Content-Length above it is answered 413 before anything is read.
+    max_request_bytes: int = Field(default=32 * 1024**3, ge=1024)
+    # Seconds to wait for the next bytes of a request body before giving up on it (408).
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("peers")
+    @classmethod
+    def _unique_names(cls, peers: list[DicomwebPeer]) -> list[DicomwebPeer]:
+        names = [p.name for p in peers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"peer names must be unique, repeated: {duplicates}")
+        return peers
+
+
 class LoggingSettings(_Section):
     level: str = "INFO"
 
@@ -386,6 +451,7 @@ class Settings(_Section):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("destinations")

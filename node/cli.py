@@ -128,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
                        ("enable", "enable a disabled account again")):
         user_actions.add_parser(verb, help=what).add_argument("name")
 
+    dicomweb = commands.add_parser("dicomweb", help="DICOMweb peers (STOW-RS senders)")
+    dicomweb_actions = dicomweb.add_subparsers(dest="action", required=True)
+    dicomweb_token = dicomweb_actions.add_parser(
+        "token", help="print a new bearer token for a peer and the dicomweb.peers entry "
+        "(its SHA-256) to add to the configuration; the node never stores the token")
+    dicomweb_token.add_argument("name", help="the peer's name (1-16 of A-Z a-z 0-9 _ . -), "
+                                "recorded as the sender of what it stores")
+
     echo = commands.add_parser("echo", help="send a C-ECHO to a DICOM node")
     echo.add_argument("host")
     echo.add_argument("port", type=int)
@@ -376,6 +384,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return _refuse(f"cxr-node users {args.action}", str(exc))
         except (EOFError, KeyboardInterrupt):
             return _refuse(f"cxr-node users {args.action}", "no password given; nothing changed")
+        return 0
+    if args.command == "dicomweb":
+        from node.web.dicomweb.peers import new_token
+
+        try:
+            token, entry = new_token(args.name)
+        except ValueError as exc:  # a name the configuration would refuse
+            return _refuse("cxr-node dicomweb token", f"NAME {exc}")
+        print(f"token for {args.name} (give it to the sender; it is shown only now): {token}")
+        print(f"add under dicomweb.peers: - {entry}")
         return 0
     if args.command == "echo":
         return echo(args.host, args.port, args.aet, args.aec)

@@ -3,7 +3,9 @@
 This is the C-STORE handler's logic without the network: it decides the status the
 sender gets. Success is answered only after the file is fsynced under its final name and
 its row committed; every refusal names its reason, which goes back on the wire as the
-Error Comment, into the log and into the audit trail.
+Error Comment, into the log and into the audit trail. STOW-RS (node.web.dicomweb) stores
+through the same code: the same checks, limits, duplicates policy and audit rows, with
+the status as each instance's Failure Reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import pydicom
+from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -36,6 +39,9 @@ _DUPLICATE = "duplicate with identical content: acknowledged, not stored again"
 # under .11; such objects never (re)start an analysis of their study.
 _SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 _DOCUMENT_CLASS_PREFIXES = (_SR_CLASS_PREFIX, "1.2.840.10008.5.1.4.1.1.11.")
+# The storage SOP classes the listener negotiates a presentation context for; a request
+# without a command (STOW-RS) is held to the same list, since no negotiation filtered it.
+STORAGE_SOP_CLASSES = frozenset(str(c.abstract_syntax) for c in AllStoragePresentationContexts)
 
 
 class _Registered(StrEnum):
@@ -46,13 +52,23 @@ class _Registered(StrEnum):
 
 @dataclass(frozen=True)
 class StoreRequest:
-    """What the C-STORE request and its association say about an incoming instance."""
+    """What the request that carried an instance says about it, and who sent it.
 
-    sop_class_uid: str
-    sop_instance_uid: str
+    A C-STORE names the instance in its command (Affected SOP Class and Instance UID). A
+    STOW-RS part has no command: its UIDs are None, and the part's own File Meta
+    Information (PS3.10 7.1: Media Storage SOP Class and Instance UID) is held to the data
+    set instead. There ``calling_ae_title`` is the DICOMweb peer's configured name.
+    """
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
     calling_ae_title: str
     called_ae_title: str
     peer_address: str
+    # Named in the audit rows of refusals: "C-STORE" or "STOW-RS".
+    service: str = "C-STORE"
+    # STOW-RS to /studies/{study}: the study every instance of the request must belong to.
+    study_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,10 @@ class StoreResult:
     status: StoreStatus
     message: str
     study_uid: str | None = None
+    # The data set's own UIDs, where it could be read (a STOW-RS response lists them).
+    series_uid: str | None = None
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,9 @@ class _Header:
     body_part_examined: str | None
     series_description: str | None
     series_number: int | None
+    # File Meta Information (0002,0002) and (0002,0003); None where absent.
+    media_sop_class_uid: str | None = None
+    media_sop_instance_uid: str | None = None
     # Why the Pixel Data cannot be the image its attributes describe; None: it can.
     pixel_problem: PixelDataProblem | None = None
 
@@ -96,6 +119,10 @@ class _Header:
         """An SR from a peer: perhaps a radiologist's labels (the label intake decides)."""
         return self.sop_class_uid.startswith(_SR_CLASS_PREFIX) and not self.produced_by_node
 
+    def result(self, message: str) -> StoreResult:
+        return StoreResult(StoreStatus.SUCCESS, message, self.study_uid, self.series_uid,
+                           self.sop_class_uid, self.sop_instance_uid)
+
 
 class _Refusal(Exception):
     """``message`` goes back as the Error Comment; ``detail`` only to the audit and the log."""
@@ -104,6 +131,8 @@ class _Refusal(Exception):
         super().__init__(message)
         self.status = status
         self.detail = detail
+        # The data set's header, when the refusal came after it was read.
+        self.header: _Header | None = None
 
 
 class ActiveStudies:
@@ -157,6 +186,16 @@ def _uid(ds: pydicom.Dataset, keyword: str, name: str) -> str:
         raise _Refusal(StoreStatus.UID_INVALID, str(exc)) from None
 
 
+def _envelope_uid(value: str | None, name: str) -> str:
+    """A File Meta Information UID that stands in for a command's (STOW-RS)."""
+    if value is None:
+        raise _Refusal(StoreStatus.UID_MISSING, f"{name} is missing")
+    try:
+        return validate_uid(value, name)
+    except InvalidUID as exc:
+        raise _Refusal(StoreStatus.UID_INVALID, str(exc)) from None
+
+
 class Ingest:
     """Validates, places and registers received instances."""
 
@@ -187,8 +226,13 @@ class Ingest:
             result = self._store(incoming, request, held)
         except _Refusal as refusal:
             incoming.discard()
-            result = StoreResult(refusal.status, str(refusal))
-            self._audit_refusal(request, result, refusal.detail)
+            header = refusal.header
+            result = StoreResult(refusal.status, str(refusal),
+                                 *((header.study_uid, header.series_uid, header.sop_class_uid,
+                                    header.sop_instance_uid) if header else ()))
+            # A C-STORE refusal is audited with its command's UID, as it always was.
+            self._audit_refusal(request, result, refusal.detail,
+                                header if request.sop_instance_uid is None else None)
         except BaseException:
             incoming.discard()
             raise
@@ -204,24 +248,25 @@ class Ingest:
             raise _Refusal(StoreStatus.OUT_OF_RESOURCES,
                            f"instance of {incoming.size} bytes exceeds max_instance_bytes "
                            f"({incoming.max_bytes})")
-        try:
-            requested_class = validate_uid(request.sop_class_uid, "Affected SOP Class UID")
-            requested_instance = validate_uid(request.sop_instance_uid, "Affected SOP Instance UID")
-        except InvalidUID as exc:
-            raise _Refusal(StoreStatus.UID_INVALID, str(exc)) from None
+        command = request.sop_class_uid is not None
+        if command:
+            try:
+                requested_class = validate_uid(request.sop_class_uid, "Affected SOP Class UID")
+                requested_instance = validate_uid(request.sop_instance_uid,
+                                                  "Affected SOP Instance UID")
+            except InvalidUID as exc:
+                raise _Refusal(StoreStatus.UID_INVALID, str(exc)) from None
         header = self._read_header(incoming)
-        if header.sop_class_uid != requested_class:
-            raise _Refusal(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                           f"data set SOP Class UID {header.sop_class_uid} differs from the "
-                           f"request's Affected SOP Class UID {requested_class}")
-        if header.sop_instance_uid != requested_instance:
-            raise _Refusal(StoreStatus.UID_DIFFERS_FROM_REQUEST,
-                           f"data set SOP Instance UID {header.sop_instance_uid} differs from "
-                           f"the request's Affected SOP Instance UID {requested_instance}")
-        if header.pixel_problem is not None:
-            # PS3.4 B.2.3: 0xC000, the data set cannot be understood as the image it claims.
-            raise _Refusal(StoreStatus.CANNOT_UNDERSTAND, str(header.pixel_problem),
-                           header.pixel_problem.detail)
+        try:
+            if not command:
+                requested_class = _envelope_uid(header.media_sop_class_uid,
+                                                "Media Storage SOP Class UID (0002,0002)")
+                requested_instance = _envelope_uid(header.media_sop_instance_uid,
+                                                   "Media Storage SOP Instance UID (0002,0003)")
+            self._check(header, request, requested_class, requested_instance)
+        except _Refusal as refusal:
+            refusal.header = header
+            raise
         if header.study_uid not in held:
             self.active.hold(header.study_uid)
             held.add(header.study_uid)
@@ -229,6 +274,33 @@ class Ingest:
         if self._queues_label_intake(header) and result.message != _DUPLICATE:
             self.on_label_intake_queued()
         return result
+
+    @staticmethod
+    def _check(header: _Header, request: StoreRequest, requested_class: str,
+               requested_instance: str) -> None:
+        """The data set against what its request (or its File Meta Information) says."""
+        source = ("the request's Affected" if request.sop_class_uid is not None
+                  else "its File Meta Information's Media Storage")
+        if header.sop_class_uid != requested_class:
+            raise _Refusal(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                           f"data set SOP Class UID {header.sop_class_uid} differs from "
+                           f"{source} SOP Class UID {requested_class}")
+        if header.sop_instance_uid != requested_instance:
+            raise _Refusal(StoreStatus.UID_DIFFERS_FROM_REQUEST,
+                           f"data set SOP Instance UID {header.sop_instance_uid} differs from "
+                           f"{source} SOP Instance UID {requested_instance}")
+        if request.sop_class_uid is None and header.sop_class_uid not in STORAGE_SOP_CLASSES:
+            raise _Refusal(StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                           f"not a storage SOP class the node accepts: "
+                           f"{header.sop_class_uid}")
+        if header.pixel_problem is not None:
+            # PS3.4 B.2.3: 0xC000, the data set cannot be understood as the image it claims.
+            raise _Refusal(StoreStatus.CANNOT_UNDERSTAND, str(header.pixel_problem),
+                           header.pixel_problem.detail)
+        if request.study_uid is not None and header.study_uid != request.study_uid:
+            raise _Refusal(StoreStatus.STUDY_UID_MISMATCH,
+                           f"not of the study the request was sent to: Study Instance "
+                           f"UID {header.study_uid}, not {request.study_uid}")
 
     def _queues_label_intake(self, header: _Header) -> bool:
         return self.on_label_intake_queued is not None and header.may_hold_labels
@@ -248,6 +320,7 @@ class Ingest:
             sop_instance = _uid(ds, "SOPInstanceUID", "SOP Instance UID")
             study = _uid(ds, "StudyInstanceUID", "Study Instance UID")
             series = _uid(ds, "SeriesInstanceUID", "Series Instance UID")
+            meta = ds.file_meta
             return _Header(
                 sop_class_uid=sop_class,
                 sop_instance_uid=sop_instance,
@@ -264,6 +337,8 @@ class Ingest:
                 body_part_examined=_text(ds, "BodyPartExamined", 16),
                 series_description=_text(ds, "SeriesDescription", 64),
                 series_number=_int(ds, "SeriesNumber"),
+                media_sop_class_uid=_text(meta, "MediaStorageSOPClassUID", 200),
+                media_sop_instance_uid=_text(meta, "MediaStorageSOPInstanceUID", 200),
                 pixel_problem=pixel_problem,
             )
         except _Refusal:
@@ -282,7 +357,7 @@ class Ingest:
             if existing is not None and existing.sha256 == incoming.sha256:
                 incoming.discard()
                 self._audit_duplicate(session, request, header)
-                return StoreResult(StoreStatus.SUCCESS, _DUPLICATE, header.study_uid)
+                return header.result(_DUPLICATE)
             previous_path = existing.path if existing is not None else None
 
         self.store.place(incoming, relative)
@@ -297,7 +372,7 @@ class Ingest:
                     raise
         if outcome is _Registered.REPLACED and previous_path and previous_path != relative:
             self.store.absolute(previous_path).unlink(missing_ok=True)
-        return StoreResult(StoreStatus.SUCCESS, outcome.value, header.study_uid)
+        return header.result(outcome.value)
 
     def _register(self, session, header: _Header, incoming: IncomingFile,  # noqa: ANN001
                   request: StoreRequest, relative: str) -> _Registered:
@@ -380,15 +455,15 @@ class Ingest:
             "peer_address": request.peer_address,
             "study_uid": header.study_uid if header else None,
             "sop_instance_uid": (header.sop_instance_uid if header
-                                 else request.sop_instance_uid[:64]),
+                                 else (request.sop_instance_uid or "")[:64] or None),
         }
 
     def _audit_refusal(self, request: StoreRequest, result: StoreResult,
-                       detail: str = "") -> None:
+                       detail: str = "", header: _Header | None = None) -> None:
         with self.db.session() as session:
             audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "instance-refused",
                          Outcome.MINOR_FAILURE if result.status == StoreStatus.OUT_OF_RESOURCES
                          else Outcome.SERIOUS_FAILURE,
-                         f"C-STORE status 0x{result.status:04X}: {result.message}"
+                         f"{request.service} status 0x{result.status:04X}: {result.message}"
                          + (f" ({detail})" if detail else ""),
-                         **self._audit_fields(request))
+                         **self._audit_fields(request, header))

@@ -1,10 +1,11 @@
 """``cxr-node serve``, ``worker`` and ``web``: the node's parts, wired from one settings object.
 
 ``serve`` is the embedded node in one process: listener, completion monitor, a worker
-(``worker.run_in_serve``), the sender and the web service (``web.enabled``). ``worker`` runs
-a worker and a sender only, on this or another host sharing the database and the storage
-volume, to scale out, with health and metrics on ``web.worker_port``. ``web`` runs the web
-service alone, beside a node, on the node's database.
+(``worker.run_in_serve``), the sender and the web service (``web.enabled``), which also
+takes STOW-RS into the listener's ingest. ``worker`` runs a worker and a sender only, on
+this or another host sharing the database and the storage volume, to scale out, with
+health and metrics on ``web.worker_port``. ``web`` runs the web service alone, beside a
+node, on the node's database (no STOW-RS: it has no ingest).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from node.scp import Listener
 from node.sender import Sender, SenderThread
 from node.web.app import build_app
 from node.web.auth import Accounts
+from node.web.dicomweb.stow import StowService
 from node.web.health import Readiness, database_check, disk_check
 from node.web.overview import ThisProcess
 from node.web.server import WebServer, check_web_address
@@ -92,6 +94,7 @@ class Node:
         # process: the queue is in the database.
         self.label_intake = LabelIntakeThread(settings, self.db, self.store,
                                               LabelIntake(settings, self.db))
+        ingest = None
         if receive:
             active = ActiveStudies()
             ingest = Ingest(settings, self.db, self.store, active,
@@ -116,9 +119,12 @@ class Node:
             process = ThisProcess(
                 open_associations=self.listener.open_associations if self.listener else None,
                 device=(lambda: str(analysing.detector.device)) if analysing else None)
+            # STOW-RS on the receiving node's port: its ingest, its completion monitor.
+            stow = StowService(settings, self.db, self.store, ingest, self.metrics) \
+                if ingest else None
             app = build_app(settings, self.readiness(), self.metrics,
                             "serve" if receive else "worker",
-                            Accounts(settings, self.db) if receive else None, process)
+                            Accounts(settings, self.db) if receive else None, process, stow)
             self.web = WebServer(app, settings.web, *web_port)
         # In one process the parts wake each other instead of waiting for their next poll.
         if self.worker and self.completion:

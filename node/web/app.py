@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -35,19 +36,25 @@ from node.web.overview import ThisProcess
 from node.web.scheduler_page import scheduler_routes
 from node.web.studies import study_routes
 
+if TYPE_CHECKING:
+    from node.web.dicomweb.stow import StowService
+
 TEMPLATES = Path(__file__).parent / "templates"
-# Routes served without a console login; every other route names its least role.
+# Routes served without a console login; every other route names its least role, but for
+# STOW-RS (node.web.dicomweb), whose senders are DICOMweb peers with tokens, not accounts.
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/login", "/setup/{token}"})
 
 
 def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
               role: str, accounts: Accounts | None = None,
-              process: ThisProcess | None = None) -> Starlette:
+              process: ThisProcess | None = None,
+              stow: StowService | None = None) -> Starlette:
     """The app of one process; ``role`` (serve, worker, web) is shown on its front page.
 
     With ``accounts`` it serves the console too (``serve`` and ``web``; a worker's port
     serves health and metrics only). ``process`` tells the console's overview what only
-    this process knows (open associations, the worker's device).
+    this process knows (open associations, the worker's device). ``stow``: the STOW-RS
+    endpoints of the process that receives (``serve``), authenticated by peer tokens.
     """
     templates = Jinja2Templates(directory=str(TEMPLATES))
     token = settings.web.metrics_token
@@ -82,6 +89,8 @@ def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
     ]
+    if stow is not None:
+        routes += stow.routes()
     if accounts is not None:
         routes += (auth_routes(accounts, templates)
                    + console_routes(accounts, templates, process)

@@ -227,7 +227,11 @@ def echo(host: str, port: int, calling: str, called: str) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
+    from node.scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
     ae = AE(ae_title=calling)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.add_requested_context(Verification)
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from config.settings import Destination, Settings
 from node.loop import PollingThread
 from node.metrics import NodeMetrics
+from node.scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage import audit
 from storage.audit import AuditEventId, Outcome
 from storage.db import Database
@@ -117,6 +118,9 @@ class Sender:
     def _send_batch(self, destination: Destination, transfer_ids: list[int]) -> int:
         items = self._load(transfer_ids)
         ae = AE(ae_title=self.settings.dicom.ae_title)
+        # The node names itself as the listener does, not as the pynetdicom release.
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.acse_timeout = self.settings.dicom.acse_timeout_seconds
         ae.dimse_timeout = self.settings.dicom.dimse_timeout_seconds
         ae.network_timeout = self.settings.dicom.network_timeout_seconds
@@ -130,6 +134,7 @@ class Sender:
         try:
             association = ae.associate(destination.host, destination.port,
                                        ae_title=destination.ae_title,
+                                       max_pdu=self.settings.dicom.max_pdu_bytes,
                                        tls_args=_client_tls(destination),
                                        evt_handlers=[(evt.EVT_CONN_OPEN,
                                                       lambda _: connected.set())])

@@ -103,8 +103,7 @@ def store_study(session: requests.Session, destination: Destination, study_uid: 
     except requests.RequestException as exc:
         return dict.fromkeys(uids, request_failure(destination, exc))
     referenced, failed = _stow_lists(response, answer)
-    status = f"HTTP {response.status_code} {response.reason or _phrase(response.status_code)}"
-    status = status.rstrip()
+    status = _status(response)
     outcome: dict[str, str] = {}
     for uid in uids:
         if uid in failed:
@@ -124,7 +123,28 @@ def store_study(session: requests.Session, destination: Destination, study_uid: 
     return outcome
 
 
-def request_failure(destination: Destination, exc: requests.RequestException) -> str:
+def qido_check(destination: Destination) -> tuple[bool, str]:
+    """``GET {url}/studies?limit=1`` (QIDO-RS, PS3.18 10.6): is the service there, and do
+    our credentials get in? (ok, one line) for ``cxr-node echo --destination``, which
+    sends a C-ECHO to a DICOM destination. A STOW-only service may answer 404 or 405."""
+    with open_session(destination) as session:
+        try:
+            response = session.get(f"{destination.url}/studies", params={"limit": "1"},
+                                   headers={"Accept": MEDIA_TYPE_DICOM_JSON},
+                                   timeout=destination.timeout_seconds, allow_redirects=False,
+                                   verify=verify(destination), stream=True)
+            with response:
+                answer = _read_bounded(response)
+        except requests.RequestException as exc:
+            return False, request_failure(destination, exc, "QIDO-RS")
+    ok = response.status_code in (HTTPStatus.OK, HTTPStatus.NO_CONTENT)
+    detail = "" if ok else _error_text(response, answer)
+    return ok, f"QIDO-RS to {destination.where}: {_status(response)}" + (
+        f": {detail}" if detail else "")
+
+
+def request_failure(destination: Destination, exc: requests.RequestException,
+                    service: str = "STOW-RS") -> str:
     """One line for a request that got no HTTP answer: what a person checks next."""
     where = destination.where
     if isinstance(exc, requests.exceptions.SSLError):
@@ -133,7 +153,7 @@ def request_failure(destination: Destination, exc: requests.RequestException) ->
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return f"cannot connect to {where} (no answer within {destination.timeout_seconds:g} s)"
     if isinstance(exc, requests.exceptions.Timeout):
-        return f"{where}: no STOW-RS response within {destination.timeout_seconds:g} s"
+        return f"{where}: no {service} response within {destination.timeout_seconds:g} s"
     if any(isinstance(c, NewConnectionError) for c in _causes(exc)):
         return f"cannot connect to {where} ({_reason(exc)})"
     if isinstance(exc, requests.exceptions.ConnectionError):
@@ -141,11 +161,15 @@ def request_failure(destination: Destination, exc: requests.RequestException) ->
     return f"{where}: {type(exc).__name__} ({_reason(exc)})"
 
 
-def _phrase(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return ""
+def _status(response: requests.Response) -> str:
+    """``HTTP 409 Conflict``; the standard phrase where the server sent none (HTTP/2-like)."""
+    phrase = response.reason
+    if not phrase:
+        try:
+            phrase = HTTPStatus(response.status_code).phrase
+        except ValueError:
+            phrase = ""
+    return f"HTTP {response.status_code} {phrase}".rstrip()
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

@@ -47,7 +47,7 @@ def backoff_from(settings: Settings) -> BackOff:
                    sending.max_retry_delay_seconds, sending.max_age_seconds)
 
 
-def _client_tls(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+def client_tls(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
     tls = destination.tls
     if not tls.enabled:
         return None
@@ -151,7 +151,7 @@ class Sender:
         try:
             association = ae.associate(destination.host, destination.port,
                                        ae_title=destination.ae_title,
-                                       tls_args=_client_tls(destination),
+                                       tls_args=client_tls(destination),
                                        evt_handlers=[(evt.EVT_CONN_OPEN,
                                                       lambda _: connected.set())])
         except (OSError, ssl.SSLError, ValueError) as exc:

@@ -26,7 +26,7 @@ from storage.models import AuditEvent, ResultObject, Transfer, TransferState
 from tests.conftest import unavailable
 from tests.factories import write_chest
 from tests.integration.conftest import audit_events, query, wait_until
-from tests.peers import CXR_NODE, REPO, OrthancProcess, storescu
+from tests.peers import CXR_NODE, REPO, NodeProcess, OrthancProcess, storescu
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -223,3 +223,28 @@ def test_wrong_password_shows_401_on_the_transfers_page_and_backs_off(start_node
     assert page.body.count(f"ARCHIVE ({orthanc.url}): HTTP 401 Unauthorized") == 3
     assert ORTHANC_PASSWORD not in page.body and "not-the-password" not in page.body
     assert not query(node, select(AuditEvent.id).where(AuditEvent.event_type == "result-sent"))
+
+
+def test_echo_checks_each_configured_destination_the_way_the_sender_reaches_it(
+        tmp_path, archive_tool, dcmtk):
+    with DicomwebOrthanc(tmp_path, basic_auth=True) as orthanc:
+        node = NodeProcess(tmp_path / "node", destinations=[
+            *archive(orthanc, username=ORTHANC_USER, password=ORTHANC_PASSWORD),
+            {"name": "WRONGPASS", "kind": "dicomweb", "url": orthanc.url,
+             "username": ORTHANC_USER, "password": "not-the-password"},
+            {"name": "PACS", "ae_title": orthanc.aet, "host": "127.0.0.1",
+             "port": orthanc.dicom_port}])  # configured, not started: echo reads the file
+        answers = {name: cxr_node(node, "echo", "--destination", name)
+                   for name in ("ARCHIVE", "WRONGPASS", "PACS", "NOSUCH")}
+
+    assert answers["ARCHIVE"].returncode == 0
+    assert answers["ARCHIVE"].stdout == f"QIDO-RS to ARCHIVE ({orthanc.url}): HTTP 200 OK\n"
+    assert answers["WRONGPASS"].returncode == 1
+    assert answers["WRONGPASS"].stdout == (f"QIDO-RS to WRONGPASS ({orthanc.url}): "
+                                           "HTTP 401 Unauthorized\n")
+    assert answers["PACS"].returncode == 0
+    assert answers["PACS"].stdout.endswith("status 0x0000\n")
+    assert answers["NOSUCH"].returncode == 2
+    assert answers["NOSUCH"].stderr.splitlines() == [
+        "cxr-node echo: error: --destination NOSUCH: no such destination (configured: "
+        "ARCHIVE, WRONGPASS, PACS)"]

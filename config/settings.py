@@ -15,8 +15,10 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -200,21 +202,158 @@ class WorkerSettings(_Section):
         return value
 
 
+class DestinationKind(StrEnum):
+    """How results reach a destination: C-STORE to an AE, or STOW-RS (PS3.18 10.5)."""
+
+    DIMSE = "dimse"
+    DICOMWEB = "dicomweb"
+
+
+_DIMSE_KEYS = ("ae_title", "host", "port", "tls")
+_DICOMWEB_KEYS = ("url", "token", "username", "password", "verify_tls", "ca_file",
+                  "timeout_seconds")
+
+
+def _listed(keys: list[str]) -> str:
+    return f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'}"
+
+
+def _check_header_value(value: str, what: str) -> str:
+    """Printable ASCII without spaces: a value that goes into an HTTP header as it is."""
+    if not value or not all("!" <= c <= "~" for c in value):
+        raise ValueError(f"a {what} is printable ASCII without spaces or control characters")
+    return value
+
+
 class Destination(_Section):
-    """A DICOM node that receives our results (a PACS or a viewer), and what it gets."""
+    """A node that receives our results (a PACS, a viewer, an archive), and what it gets.
+
+    ``kind: dimse`` (the default) is a DICOM AE reached by C-STORE at ae_title@host:port;
+    ``kind: dicomweb`` is a DICOMweb service reached by STOW-RS at ``url``. Keys of the
+    other kind are refused rather than ignored, so that a half-converted entry (a url
+    beside a host) says so at start-up instead of sending somewhere unexpected.
+    """
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    ae_title: str
-    host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
+    kind: DestinationKind = DestinationKind.DIMSE
+    # kind: dimse
+    ae_title: str | None = None
+    host: str | None = Field(default=None, min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    # kind: dicomweb -- the service's base URL (STOW-RS posts to <url>/studies/<study>),
+    # a bearer token or basic auth (username and password), and how the server's
+    # certificate is checked (the system's CAs, or those in ca_file).
+    url: str | None = None
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     send_sr: bool = True
     send_gsps: bool = True
     send_secondary_capture: bool = True
     # A PACS without Comprehensive 3D SR storage gets the same report as Comprehensive SR.
     sr_storage: str = Field(default="comprehensive-3d", pattern=r"^comprehensive(-3d)?$")
-    tls: TlsSettings = Field(default_factory=TlsSettings)
 
-    _check_title = field_validator("ae_title")(_check_ae_title)
+    @field_validator("ae_title")
+    @classmethod
+    def _check_title(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f'"{value}" is not an http:// or https:// URL with a host '
+                             "(e.g. https://pacs.example.org/dicom-web)")
+        if parts.username is not None or parts.password is not None:
+            # The console shows URLs as they are; credentials belong in the masked keys.
+            raise ValueError("the URL carries credentials; give them as username and "
+                             "password (or token), which the console never shows")
+        if parts.query or parts.fragment:
+            raise ValueError(f'"{value}" has a query or fragment; give the service\'s base '
+                             "URL (STOW-RS appends /studies/<study>)")
+        try:
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError as exc:
+            raise ValueError(f'"{value}": {exc}') from None
+        return value.strip().rstrip("/")
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: str | None) -> str | None:
+        return None if value is None else _check_header_value(value, "bearer token")
+
+    @field_validator("username")
+    @classmethod
+    def _check_username(cls, value: str | None) -> str | None:
+        if value is not None and (not value or ":" in value or not value.isprintable()):
+            raise ValueError("a basic-auth username is printable and has no colon "
+                             "(RFC 7617)")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _check_password(cls, value: str | None) -> str | None:
+        if value is not None and (not value or not value.isprintable()):
+            raise ValueError("a basic-auth password is printable and not empty")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f'"{value}" is not a readable file')
+        return value
+
+    @model_validator(mode="after")
+    def _keys_of_its_kind(self) -> Destination:
+        given = self.model_fields_set
+        if self.kind == DestinationKind.DIMSE:
+            foreign = [key for key in _DICOMWEB_KEYS if key in given]
+            if foreign:
+                raise ValueError(f"{_listed(foreign)} for kind: dicomweb only; add "
+                                 "kind: dicomweb or remove them")
+            missing = [key for key in ("ae_title", "host", "port") if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"{_listed(missing)} required for a DICOM destination "
+                                 "(kind: dimse, the default)")
+            return self
+        foreign = [key for key in _DIMSE_KEYS if key in given]
+        if foreign:
+            raise ValueError(f"{_listed(foreign)} for kind: dimse only; a dicomweb "
+                             "destination is reached at its url")
+        if self.url is None:
+            raise ValueError("url is required for kind: dicomweb (the service's base URL, "
+                             "e.g. https://pacs.example.org/dicom-web)")
+        if self.token is not None and (self.username is not None or self.password is not None):
+            raise ValueError("token and username/password are both set; give a bearer "
+                             "token or basic auth, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("basic auth needs both username and password")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file is set but verify_tls is false; the CA file would be "
+                             "ignored: remove one")
+        return self
+
+    @property
+    def address(self) -> str:
+        """The host results go to, for logs and the audit trail."""
+        if self.kind == DestinationKind.DICOMWEB:
+            return urlsplit(self.url).hostname or ""
+        return self.host or ""
+
+    @property
+    def where(self) -> str:
+        """How a person recognises this destination in an error: name and address."""
+        if self.kind == DestinationKind.DICOMWEB:
+            return f"{self.name} ({self.url})"
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
 
 
 class SendingSettings(_Section):

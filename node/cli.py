@@ -136,9 +136,13 @@ def _parser() -> argparse.ArgumentParser:
     dicomweb_token.add_argument("name", help="the peer's name (1-16 of A-Z a-z 0-9 _ . -), "
                                 "recorded as the sender of what it stores")
 
-    echo = commands.add_parser("echo", help="send a C-ECHO to a DICOM node")
-    echo.add_argument("host")
-    echo.add_argument("port", type=int)
+    echo = commands.add_parser("echo", help="send a C-ECHO to a DICOM node, or check a "
+                               "configured destination (C-ECHO, or QIDO-RS for DICOMweb)")
+    echo.add_argument("host", nargs="?")
+    echo.add_argument("port", nargs="?", type=int)
+    echo.add_argument("--destination", metavar="NAME",
+                      help="a configured destination instead of HOST PORT: a C-ECHO to its "
+                      "AE (with its TLS), or a QIDO-RS query to its url with its credentials")
     echo.add_argument("--aet", default="CXRNODE", help="our (calling) AE title")
     echo.add_argument("--aec", default="ANY-SCP", help="the peer's (called) AE title")
 
@@ -223,7 +227,8 @@ def _configure_logging(settings: Settings) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
 
 
-def echo(host: str, port: int, calling: str, called: str) -> int:
+def echo(host: str, port: int, calling: str, called: str,
+         tls_args: tuple | None = None) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
@@ -233,7 +238,7 @@ def echo(host: str, port: int, calling: str, called: str) -> int:
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called)
+    assoc = ae.associate(host, port, ae_title=called, tls_args=tls_args)
     if not assoc.is_established:
         reason = ("rejected" if assoc.is_rejected
                   else "no association (refused, aborted or timed out)")
@@ -246,6 +251,27 @@ def echo(host: str, port: int, calling: str, called: str) -> int:
         return 1
     print(f"C-ECHO to {called}@{host}:{port}: status 0x{status.Status:04X}")
     return 0 if status.Status == 0 else 1
+
+
+def echo_destination(settings: Settings, name: str) -> int:
+    """Check a configured destination as the sender reaches it: 0 when it answers."""
+    from config.settings import DestinationKind
+
+    destination = settings.destination(name)
+    if destination is None:
+        names = ", ".join(d.name for d in settings.destinations) or "none"
+        return _refuse("cxr-node echo", f"--destination {name}: no such destination "
+                       f"(configured: {names})")
+    if destination.kind == DestinationKind.DICOMWEB:
+        from node.dicomweb_send import qido_check
+
+        ok, line = qido_check(destination)
+        print(line)
+        return 0 if ok else 1
+    from node.sender import client_tls
+
+    return echo(destination.host, destination.port, settings.dicom.ae_title,
+                destination.ae_title, client_tls(destination))
 
 
 def _refuse(command: str, message: str) -> int:
@@ -400,6 +426,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"add under dicomweb.peers: - {entry}")
         return 0
     if args.command == "echo":
+        if args.destination is not None:
+            if args.host is not None:
+                return _refuse("cxr-node echo", "give HOST PORT or --destination, not both")
+            return echo_destination(settings, args.destination)
+        if args.host is None or args.port is None:
+            return _refuse("cxr-node echo", "give HOST PORT, or --destination NAME")
         return echo(args.host, args.port, args.aet, args.aec)
     if args.command == "studies":
         from node.admin import list_studies

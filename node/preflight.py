@@ -127,6 +127,25 @@ def check_tls(settings: Settings) -> None:
                           f"({exc.strerror or exc}); make it readable by this process") from None
 
 
+def check_destination_cas(settings: Settings) -> None:
+    """Each DICOMweb destination's ``ca_file`` loads as PEM (settings only checked it exists);
+    otherwise every send would fail on it, each a retry, until the dead letters."""
+    for index, destination in enumerate(settings.destinations):
+        if destination.ca_file is None:
+            continue
+        key = f"destinations.{index}.ca_file"
+        try:
+            ssl.create_default_context(cafile=str(destination.ca_file))
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{key}: {destination.ca_file} holds no PEM CA certificate "
+                              f"({exc.reason or exc}); give the PEM bundle of the CAs that "
+                              "sign the server's certificate") from None
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {destination.ca_file} "
+                              f"({exc.strerror or exc}); make it readable by this process") \
+                from None
+
+
 def listen_error(settings: Settings, exc: OSError) -> ConfigError:
     """The one-line refusal for an ``OSError`` from starting the listener."""
     if isinstance(exc, ssl.SSLError):
@@ -181,6 +200,7 @@ def open_checked(settings: Settings, listen: bool, analyse: bool) -> Database:
     """Every check above, in order, before a model is loaded; the migrated database."""
     check_data_dir(settings)
     warn_if_disk_low(settings)
+    check_destination_cas(settings)
     db = connect_database(settings)
     try:
         if listen:

@@ -1,10 +1,12 @@
-"""The sender: result objects from the outbox to their destinations, over C-STORE.
+"""The sender: result objects from the outbox to their destinations, over C-STORE or STOW-RS.
 
-Per destination, the due transfers go over one association with a presentation context
-per SOP class (at most ``max_objects_per_association`` objects). Success or a warning
-status (PS3.4 B.2.3) marks a transfer sent; anything else, and a destination that does
-not answer, schedules a retry with back-off (storage.outbox), until the transfer is too
-old and becomes a dead letter. Every outcome is audited.
+Per destination, the due transfers (at most ``max_objects_per_association``) go over one
+association with a presentation context per SOP class, or, for a ``kind: dicomweb``
+destination, as one STOW-RS request per study (node.dicomweb_send). Success or a warning
+(PS3.4 B.2.3; a STOW-RS Warning Reason) marks a transfer sent; anything else, and a
+destination that does not answer, schedules a retry with back-off (storage.outbox), until
+the transfer is too old and becomes a dead letter. Every outcome is audited. Only the
+transport differs between the two kinds: the outbox, its leases and the files are shared.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import threading
 import time
 
 import pydicom
+from pydicom.filebase import DicomBytesIO
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from config.settings import Destination, Settings
+from config.settings import Destination, DestinationKind, Settings
+from node import dicomweb_send
 from node.loop import PollingThread
 from node.metrics import NodeMetrics
 from node.scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -44,7 +48,7 @@ def backoff_from(settings: Settings) -> BackOff:
                    sending.max_retry_delay_seconds, sending.max_age_seconds)
 
 
-def _client_tls(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+def client_tls(destination: Destination) -> tuple[ssl.SSLContext, str] | None:
     tls = destination.tls
     if not tls.enabled:
         return None
@@ -80,6 +84,17 @@ class Sender:
             self.metrics.send_failures.labels(destination=destination.name)
         self.backoff = backoff_from(settings)
         self.owner = lease_owner("sender")
+        for destination in settings.destinations:
+            if destination.kind != DestinationKind.DICOMWEB:
+                continue
+            if destination.url.startswith("http:") and (destination.token
+                                                        or destination.username):
+                LOGGER.warning("destination %s sends its credentials unencrypted over "
+                               "http://; use https:// outside a trusted network",
+                               destination.name)
+            if not destination.verify_tls:
+                LOGGER.warning("destination %s: verify_tls is false, so any server can "
+                               "pose as it; give its CA as ca_file instead", destination.name)
 
     def send_due(self) -> int:
         """Send every due transfer once; return how many were sent."""
@@ -95,27 +110,33 @@ class Sender:
             self.metrics.stage_seconds.labels(stage="send").observe(time.perf_counter() - started)
         return sent
 
-    def _load(self, transfer_ids: list[int]) -> list[tuple[int, pydicom.Dataset | None, str]]:
-        """(transfer id, dataset or None, study UID) for each claimed transfer."""
-        loaded = []
+    def _rows(self, transfer_ids: list[int]) -> list[tuple[int, str, str]]:
+        """(transfer id, absolute file path, study UID) for each claimed transfer."""
         with self.db.session() as session:
             rows = session.execute(
-                select(Transfer, Study.study_uid)
+                select(Transfer.id, ResultObject.path, Study.study_uid)
                 .join(ResultObject, ResultObject.id == Transfer.result_id)
                 .join(Study, Study.id == ResultObject.study_id)
                 .where(Transfer.id.in_(transfer_ids))
                 .order_by(Transfer.id)
             ).all()
-            for transfer, study_uid in rows:
-                path = self.store.absolute(transfer.result.path)
-                try:
-                    loaded.append((transfer.id, pydicom.dcmread(path), study_uid))
-                except (OSError, pydicom.errors.InvalidDicomError) as exc:
-                    LOGGER.error("result file %s unreadable: %s", path, exc)
-                    loaded.append((transfer.id, None, study_uid))
+        return [(transfer_id, str(self.store.absolute(path)), study_uid)
+                for transfer_id, path, study_uid in rows]
+
+    def _load(self, transfer_ids: list[int]) -> list[tuple[int, pydicom.Dataset | None, str]]:
+        """(transfer id, dataset or None, study UID) for each claimed transfer."""
+        loaded = []
+        for transfer_id, path, study_uid in self._rows(transfer_ids):
+            try:
+                loaded.append((transfer_id, pydicom.dcmread(path), study_uid))
+            except (OSError, pydicom.errors.InvalidDicomError) as exc:
+                LOGGER.error("result file %s unreadable: %s", path, exc)
+                loaded.append((transfer_id, None, study_uid))
         return loaded
 
     def _send_batch(self, destination: Destination, transfer_ids: list[int]) -> int:
+        if destination.kind == DestinationKind.DICOMWEB:
+            return self._send_stow(destination, transfer_ids)
         items = self._load(transfer_ids)
         ae = AE(ae_title=self.settings.dicom.ae_title)
         # The node names itself as the listener does, not as the pynetdicom release.
@@ -129,13 +150,13 @@ class Sender:
                                                  IMPLICIT_VR_LITTLE_ENDIAN])
         if not ae.requested_contexts:
             ae.add_requested_context(Verification)
-        where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+        where = destination.where
         connected = threading.Event()
         try:
             association = ae.associate(destination.host, destination.port,
                                        ae_title=destination.ae_title,
                                        max_pdu=self.settings.dicom.max_pdu_bytes,
-                                       tls_args=_client_tls(destination),
+                                       tls_args=client_tls(destination),
                                        evt_handlers=[(evt.EVT_CONN_OPEN,
                                                       lambda _: connected.set())])
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -168,6 +189,35 @@ class Sender:
                 association.release()
         return sent
 
+    def _send_stow(self, destination: Destination, transfer_ids: list[int]) -> int:
+        """One STOW-RS request per study, of the files as stored (node.dicomweb_send)."""
+        by_study: dict[str, list[tuple[int, str, bytes, pydicom.Dataset, str]]] = {}
+        for transfer_id, path, study_uid in self._rows(transfer_ids):
+            try:
+                with open(path, "rb") as file:
+                    data = file.read()
+                header = pydicom.dcmread(DicomBytesIO(data), stop_before_pixels=True)
+                target_study, sop_uid = str(header.StudyInstanceUID), str(header.SOPInstanceUID)
+            except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
+                LOGGER.error("result file %s unreadable: %s", path, exc)
+                self._failed(transfer_id, study_uid, destination, "result file unreadable")
+                continue
+            by_study.setdefault(target_study, []).append(
+                (transfer_id, sop_uid, data, header, study_uid))
+        sent = 0
+        with dicomweb_send.open_session(destination) as session:
+            for target_study, items in by_study.items():
+                outcome = dicomweb_send.store_study(session, destination, target_study,
+                                                    [(uid, data) for _, uid, data, _, _ in items])
+                for transfer_id, sop_uid, _, header, study_uid in items:
+                    error = outcome[sop_uid]
+                    if error:
+                        self._failed(transfer_id, study_uid, destination, error, header)
+                    else:
+                        self._sent(transfer_id, study_uid, destination, header)
+                        sent += 1
+        return sent
+
     @staticmethod
     def _store_one(association, ds: pydicom.Dataset) -> str:  # noqa: ANN001 - pynetdicom
         """Empty when stored; otherwise what went wrong."""
@@ -192,7 +242,7 @@ class Sender:
             audit.record(session, AuditEventId.INSTANCES_TRANSFERRED, "result-sent",
                          Outcome.SUCCESS, f"{ds.Modality} {ds.SOPClassUID} sent to "
                          f"{destination.name}", called_ae_title=destination.ae_title,
-                         peer_address=destination.host, study_uid=study_uid,
+                         peer_address=destination.address, study_uid=study_uid,
                          sop_instance_uid=str(ds.SOPInstanceUID))
 
     def _failed(self, transfer_id: int, study_uid: str, destination: Destination, error: str,
@@ -205,7 +255,7 @@ class Sender:
                              Outcome.SERIOUS_FAILURE,
                              f"transfer {transfer_id} to {destination.name} given up: {error}",
                              called_ae_title=destination.ae_title,
-                             peer_address=destination.host, study_uid=study_uid,
+                             peer_address=destination.address, study_uid=study_uid,
                              sop_instance_uid=str(ds.SOPInstanceUID) if ds else None)
         if state == TransferState.PENDING:
             LOGGER.warning("transfer %s to %s failed, will retry: %s", transfer_id,

@@ -80,9 +80,11 @@ def test_config_path_from_environment_when_none_given(tmp_path):
     ({"web": {"bind_address": "localhost"}}, ["web.bind_address", "localhost"]),
     ({"web": {"tls": {"enabled": True}}}, ["web.tls", "certificate"]),
     ({"web": {"metrics_token": "short"}}, ["web.metrics_token", "16"]),
+    ({"destinations": [{"name": "PACS", "ae_title": "PACS", "host": "pacs"}]},
+     ["destinations.0", "port is required"]),
 ], ids=["port-range", "unknown-key", "ae-title-too-long", "ae-title-backslash", "peer-host",
         "tls-without-files", "log-level", "device-uid", "web-port", "web-bind-address",
-        "web-tls-without-files", "web-metrics-token-too-short"])
+        "web-tls-without-files", "web-metrics-token-too-short", "destination-without-port"])
 def test_bad_value_names_the_key(tmp_path, data, expected):
     path = write_config(tmp_path, data)
 
@@ -91,6 +93,78 @@ def test_bad_value_names_the_key(tmp_path, data, expected):
 
     for text in expected:
         assert text in str(error.value)
+
+
+def _dicomweb(**keys: object) -> dict:
+    return {"destinations": [{"name": "ARCHIVE", "kind": "dicomweb", **keys}]}
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (_dicomweb(url="ftp://archive.example/dicom-web"),
+     'destinations.0.url: "ftp://archive.example/dicom-web" is not an http:// or https:// URL'),
+    (_dicomweb(url="archive.example/dicom-web"), "destinations.0.url: "),
+    (_dicomweb(url="https://cxr:secret@archive.example/dicom-web"),
+     "destinations.0.url: the URL carries credentials; give them as username and password"),
+    (_dicomweb(url="https://archive.example/dicom-web", token="t0ken", username="cxr",
+               password="secret"),
+     "destinations.0: token and username/password are both set; give a bearer token or "
+     "basic auth, not both"),
+    (_dicomweb(url="https://archive.example/dicom-web", username="cxr"),
+     "destinations.0: basic auth needs both username and password"),
+    (_dicomweb(url="https://archive.example/dicom-web", token="two words"),
+     "destinations.0.token: a bearer token is printable ASCII without spaces"),
+    (_dicomweb(url="https://archive.example/dicom-web", ca_file="/nowhere/ca.pem"),
+     'destinations.0.ca_file: "/nowhere/ca.pem" is not a readable file'),
+    (_dicomweb(), "destinations.0: url is required for kind: dicomweb"),
+    (_dicomweb(url="https://archive.example/dicom-web", host="archive.example", port=104),
+     "destinations.0: host, port are for kind: dimse only"),
+    ({"destinations": [{"name": "PACS", "ae_title": "PACS", "host": "pacs", "port": 104,
+                        "url": "https://pacs/dicom-web"}]},
+     "destinations.0: url is for kind: dicomweb only; add kind: dicomweb or remove them"),
+    ({"destinations": [{"name": "PACS", "kind": "stow", "url": "https://pacs/dicom-web"}]},
+     "destinations.0.kind: Input should be 'dimse' or 'dicomweb'"),
+], ids=["scheme", "no-scheme", "credentials-in-url", "token-and-basic-auth",
+        "username-without-password", "token-with-space", "ca-file-missing", "no-url",
+        "dimse-keys-on-dicomweb", "url-on-dimse", "unknown-kind"])
+def test_dicomweb_destination_mistake_is_one_line_naming_the_key(tmp_path, data, expected):
+    with pytest.raises(ConfigError) as error:
+        load_settings(write_config(tmp_path, data), environ={})
+
+    [line] = str(error.value).splitlines()
+    assert line.startswith(expected)
+
+
+def test_dicomweb_destination_keeps_what_the_sender_needs(tmp_path):
+    (tmp_path / "ca.pem").write_text("(a CA bundle)")
+    settings = load_settings(write_config(tmp_path, {"destinations": [
+        {"name": "PACS", "ae_title": "PACS", "host": "pacs", "port": 104},
+        {"name": "ARCHIVE", "kind": "dicomweb", "url": "https://archive.example/dicom-web/",
+         "username": "cxr", "password": "secret", "ca_file": str(tmp_path / "ca.pem"),
+         "timeout_seconds": 30, "send_gsps": False}]}), environ={})
+
+    dimse, web = settings.destinations
+    assert (dimse.kind, dimse.where) == ("dimse", "PACS (PACS@pacs:104)")
+    assert (web.kind, web.url, web.where) == ("dicomweb", "https://archive.example/dicom-web",
+                                              "ARCHIVE (https://archive.example/dicom-web)")
+    assert (web.username, web.password, web.verify_tls) == ("cxr", "secret", True)
+    assert web.address == "archive.example" and not web.send_gsps
+
+
+def test_cli_refuses_a_dicomweb_destination_with_two_kinds_of_auth_in_one_line(tmp_path):
+    path = write_config(tmp_path, _dicomweb(url="https://archive.example/dicom-web",
+                                            token="t0ken", username="cxr", password="pw"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "node.cli", "--config", str(path), "serve"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "cxr-node: error: destinations.0: token and username/password are both set; give a "
+        "bearer token or basic auth, not both"]
 
 
 def test_missing_config_file_names_the_path(tmp_path):

@@ -40,6 +40,8 @@ from tests.integration.console import Browser, Console, text_of
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 DB_PASSWORD = "s3cret-db-pass"
+ARCHIVE_TOKEN = "ya29.archive-token-0123"
+ARCHIVE_PASSWORD = "archive-pass-4567"
 
 
 
@@ -186,12 +188,17 @@ def test_operator_retries_a_selection_and_then_all(console: Console):
     assert [row.user_name for row in console.audit("transfers-requeued")] == ["olga", "olga"]
 
 
-def test_configuration_page_masks_the_token_and_the_database_password(tmp_path):
+def test_configuration_page_masks_tokens_and_passwords(tmp_path):
     settings = Settings.model_validate({
         "storage": {"data_dir": str(tmp_path / "data"),
                     "database_url": f"postgresql+psycopg://cxr:{DB_PASSWORD}@db.example/cxr"},
         "web": {"bind_address": "127.0.0.1", "port": free_port(),
-                "metrics_token": METRICS_TOKEN}})
+                "metrics_token": METRICS_TOKEN},
+        "destinations": [
+            {"name": "CLOUD", "kind": "dicomweb", "url": "https://dicom.example/v1/dicomWeb",
+             "token": ARCHIVE_TOKEN},
+            {"name": "ARCHIVE", "kind": "dicomweb", "url": "https://archive.example/dicom-web",
+             "username": "cxr-node", "password": ARCHIVE_PASSWORD}]})
     # The page shows the settings; the app's own database is a SQLite file of the test.
     db = Database.connect(f"sqlite:///{tmp_path / 'console.db'}")
     from argon2 import PasswordHasher
@@ -215,4 +222,10 @@ def test_configuration_page_masks_the_token_and_the_database_password(tmp_path):
     assert rows["web.metrics_token"] == "(set, hidden)"
     assert rows["storage.database_url"] == "postgresql+psycopg://cxr:***@db.example/cxr"
     assert rows["dicom.ae_title"] == "CXRNODE" and rows["web.port"] == str(settings.web.port)
-    assert METRICS_TOKEN not in page.body and DB_PASSWORD not in page.body
+    assert rows["destinations[0].token"] == "(set, hidden)"
+    assert rows["destinations[1].password"] == "(set, hidden)"
+    assert rows["destinations[1].username"] == "cxr-node"
+    assert rows["destinations[1].url"] == "https://archive.example/dicom-web"
+    assert rows["destinations[1].token"] == "-"  # unset is shown as unset, not as hidden
+    for secret in (METRICS_TOKEN, DB_PASSWORD, ARCHIVE_TOKEN, ARCHIVE_PASSWORD):
+        assert secret not in page.body

@@ -179,6 +179,16 @@ def test_tls_files_that_do_not_load_are_refused(tmp_path):
     assert_refused(*serve_without_model(node), "dicom.tls")
 
 
+def test_dicomweb_ca_file_that_is_no_pem_bundle_is_refused(tmp_path):
+    not_pem = tmp_path / "ca.der"
+    not_pem.write_bytes(b"\x30\x82\x01\x0a not a PEM bundle")
+    node = analysing_node(tmp_path, destinations=[{
+        "name": "ARCHIVE", "kind": "dicomweb", "url": "https://archive.example/dicom-web",
+        "ca_file": str(not_pem)}])
+
+    assert_refused(*serve_without_model(node), "destinations.0.ca_file", str(not_pem), "PEM")
+
+
 def test_min_free_disk_above_free_space_warns_at_start(tmp_path):
     node = NodeProcess(tmp_path / "node", dicom={"min_free_disk_bytes": 10**18})
 

@@ -93,3 +93,18 @@ def test_demo_viewer_without_ohif_names_what_to_install(tmp_path, capsys):
     assert line.startswith("cxr-node demo: error: the viewer needs OHIF 3.13.2 in ")
     assert "make viewer-assets" in line
     assert not (tmp_path / "demo").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ([], "give HOST PORT, or --destination NAME"),
+    (["127.0.0.1"], "give HOST PORT, or --destination NAME"),
+    (["127.0.0.1", "104", "--destination", "PACS"],
+     "give HOST PORT or --destination, not both"),
+], ids=["nothing", "host-without-port", "both"])
+def test_echo_needs_host_and_port_or_a_destination(tmp_path, capsys, arguments, expected):
+    config = write_config(tmp_path, {"data_dir": str(tmp_path / "data")})
+
+    code = main(["--config", str(config), "echo", *arguments])
+
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [f"cxr-node echo: error: {expected}"]

@@ -103,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--until", type=_utc_time, help="default: now")
     report.add_argument("--out", required=True, type=Path)
 
+    backup = commands.add_parser("backup", help="the database and the data directory as "
+                                 "one archive; safe while the node runs")
+    backup.add_argument("--out", required=True, type=Path, metavar="FILE",
+                        help="the archive to write: a new file outside storage.data_dir")
+    restore = commands.add_parser("restore", help="a backup into an empty database and an "
+                                  "empty data directory, then migrated to this version")
+    restore.add_argument("file", type=Path, metavar="FILE")
+
     transfers = commands.add_parser("transfers", help="result transfers: pending, dead letters")
     transfers.add_argument("--all", action="store_true", help="include sent transfers")
     transfers.add_argument("--limit", type=int, default=50)
@@ -294,6 +302,40 @@ def _argument_error(exc: ValueError, args: argparse.Namespace) -> str:
     return message
 
 
+def _backup_or_restore(args: argparse.Namespace, settings: Settings) -> int:
+    """``cxr-node backup`` / ``restore``: a summary line, or one line saying why not (exit 2).
+
+    Backup reads the database as it is (never migrates it); restore migrates what it
+    restored to this version's schema, as ``serve`` would at start.
+    """
+    from node.preflight import connect_database
+    from storage.backup import BackupError, write_backup
+    from storage.restore import restore_backup
+
+    command = f"cxr-node {args.command}"
+    try:
+        if args.command == "backup":
+            db = connect_database(settings, upgrade=False)
+            try:
+                summary = write_backup(db.engine, settings.storage, args.out, BUNDLED_MODEL)
+            finally:
+                db.dispose()
+            done = f"backup {args.out}: "
+        else:
+            summary, revision = restore_backup(settings.storage, args.file, BUNDLED_MODEL)
+            done = f"restored {args.file} (database revision {revision}, now migrated): "
+    except BackupError as exc:
+        return _refuse(command, str(exc))
+    except OSError as exc:  # a full disk, a folder we may not write: nothing was left
+        print(f"{command}: error: {exc.strerror or exc}: {exc.filename or ''}; nothing was "
+              "left behind", file=sys.stderr)
+        return 1
+    for line in summary.warnings():
+        print(f"{command}: warning: {line}", file=sys.stderr)
+    print(done + summary.counts())
+    return 0
+
+
 def _format_map(value: float | None) -> str:
     """A mAP, or why there is none: a labelled set without a single box cannot measure it."""
     return "n/a (no boxes in the data)" if value is None else f"{value:.3f}"
@@ -391,6 +433,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from node.server import serve_web
 
         return serve_web(settings)
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(args, settings)
     if args.command == "transfers":
         from node.admin import list_transfers, retry_transfers
 

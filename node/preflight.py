@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from config.settings import ConfigError, Settings
 from model import BUNDLED_MODEL
 from model.card import CardError, ModelCard
+from storage.backup import RESTORE_MARKER
 from storage.db import Database
 
 LOGGER = logging.getLogger("cxr_node.preflight")
@@ -41,6 +42,9 @@ def check_data_dir(settings: Settings) -> Path:
     if data_dir.exists() and not data_dir.is_dir():
         raise ConfigError(f"storage.data_dir: {data_dir} is a file, not a directory; "
                           "choose a directory (it is created if missing)")
+    if (data_dir / RESTORE_MARKER).exists():
+        raise ConfigError(f"storage.data_dir: {data_dir} holds a restore that did not finish; "
+                          "empty it and the database, and run cxr-node restore again")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=data_dir, prefix=".write-probe-")

@@ -84,7 +84,7 @@ class Peer(_Section):
 
 
 class TlsSettings(_Section):
-    """DICOM TLS (PS3.15 B.1): TLS 1.2 or later, and peers must present a certificate."""
+    """DICOM TLS (PS3.15 B.12, BCP 195): TLS 1.2 or later; peers must present a certificate."""
 
     enabled: bool = False
     certificate: Path | None = None

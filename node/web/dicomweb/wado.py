@@ -11,7 +11,7 @@
   file if need be; with ``transfer-syntax=*`` (what OHIF asks) a compressed file's frames
   go as stored, each part naming its transfer syntax, so the browser decodes them.
 - ``…/rendered`` and ``…/frames/{n}/rendered``: one frame as image/jpeg or image/png,
-  grey levels as a radiologist sees them (node.preprocess's display pipeline).
+  grey levels as a radiologist sees them (model.preprocess's display pipeline).
 
 Reads of metadata and of whole instances are audited (110103, with the reader's name);
 frames, bulk data and renderings are not: they follow a metadata read, and one row per

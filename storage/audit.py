@@ -22,8 +22,9 @@ class AuditEventId(StrEnum):
 
     APPLICATION_ACTIVITY = "110100"
     AUDIT_LOG_USED = "110101"  # the audit trail exported from the console
-    INSTANCES_ACCESSED = "110103"  # images read by the detector
+    INSTANCES_ACCESSED = "110103"  # images read by the detector, or by a viewer (WADO-RS)
     INSTANCES_TRANSFERRED = "110104"
+    QUERY = "110112"  # a QIDO-RS search of the node's studies
     SECURITY_ALERT = "110113"
     USER_AUTHENTICATION = "110114"  # console login, failed login, logout, lockout
 

@@ -25,13 +25,18 @@ from starlette.templating import Jinja2Templates
 
 from config.settings import Settings
 from node.metrics import NodeMetrics
+from node.viewer import DEFAULT_OHIF_DIST
 from node.web.audit_page import audit_routes
 from node.web.auth import Accounts, auth_routes
 from node.web.console import console_routes
+from node.web.dicomweb.holdings import HeaderCache
+from node.web.dicomweb.qido import qido_routes
+from node.web.dicomweb.wado import wado_routes
 from node.web.health import Readiness
 from node.web.labels_page import labels_routes
 from node.web.limits import FormBodyLimit
 from node.web.models_page import model_routes
+from node.web.ohif import ohif_routes
 from node.web.overview import ThisProcess
 from node.web.scheduler_page import scheduler_routes
 from node.web.studies import study_routes
@@ -48,13 +53,16 @@ OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/login", "/setu
 def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
               role: str, accounts: Accounts | None = None,
               process: ThisProcess | None = None,
+              ohif_dist: Path | None = DEFAULT_OHIF_DIST,
               stow: StowService | None = None) -> Starlette:
     """The app of one process; ``role`` (serve, worker, web) is shown on its front page.
 
     With ``accounts`` it serves the console too (``serve`` and ``web``; a worker's port
-    serves health and metrics only). ``process`` tells the console's overview what only
-    this process knows (open associations, the worker's device). ``stow``: the STOW-RS
-    endpoints of the process that receives (``serve``), authenticated by peer tokens.
+    serves health and metrics only), and to the same logins the node's studies over
+    QIDO-RS and WADO-RS and OHIF (from ``ohif_dist``) reading them. ``process`` tells the
+    console's overview what only this process knows (open associations, the worker's
+    device). ``stow``: the STOW-RS endpoints of the process that receives (``serve``),
+    authenticated by peer tokens.
     """
     templates = Jinja2Templates(directory=str(TEMPLATES))
     token = settings.web.metrics_token
@@ -99,6 +107,9 @@ def build_app(settings: Settings, readiness: Readiness, metrics: NodeMetrics,
                    + audit_routes(accounts, templates)
                    + model_routes(accounts, templates)
                    + labels_routes(accounts, templates))
+        headers = HeaderCache(settings.storage.data_dir)
+        routes += (qido_routes(accounts, headers) + wado_routes(accounts, headers)
+                   + ohif_routes(accounts, templates, ohif_dist))
     app = Starlette(routes=routes, middleware=[Middleware(FormBodyLimit)])
     # node.web.server.WebServer calls this with its URL once it listens.
     app.state.on_started = accounts.announce if accounts is not None else None

@@ -252,7 +252,21 @@ def test_every_console_route_names_the_role_it_needs(console):
                        "/console/models/rollback": "admin",
                        "/console/labels": "viewer",
                        "/console/labels/{batch_id:int}": "viewer",
-                       "/console/labels/import": "admin"}
+                       "/console/labels/import": "admin",
+                       # QIDO-RS and WADO-RS reads, and OHIF reading them (401/login without)
+                       **{path: "viewer" for path in (
+                           "/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances",
+                           "/dicomweb/studies/{study}/series",
+                           "/dicomweb/studies/{study}/instances",
+                           "/dicomweb/studies/{study}/series/{series}/instances",
+                           "/dicomweb/studies/{study}", "/dicomweb/studies/{study}/metadata",
+                           "/dicomweb/studies/{study}/series/{series}",
+                           "/dicomweb/studies/{study}/series/{series}/metadata",
+                           *(f"/dicomweb/studies/{{study}}/series/{{series}}/instances/"
+                             f"{{instance}}{tail}" for tail in (
+                                 "", "/metadata", "/frames/{frames}", "/bulkdata/{tag}",
+                                 "/rendered", "/frames/{frames}/rendered")),
+                           "/viewer", "/viewer/{path:path}")}}
 
 
 def test_session_cookie_is_secure_under_tls(tmp_path):

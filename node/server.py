@@ -124,7 +124,8 @@ class Node:
                 if ingest else None
             app = build_app(settings, self.readiness(), self.metrics,
                             "serve" if receive else "worker",
-                            Accounts(settings, self.db) if receive else None, process, stow)
+                            Accounts(settings, self.db) if receive else None, process,
+                            stow=stow)
             self.web = WebServer(app, settings.web, *web_port)
         # In one process the parts wake each other instead of waiting for their next poll.
         if self.worker and self.completion:

@@ -367,6 +367,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                 print(f"\repoch {epoch + 1}/{config.epochs} [{done}/{steps_per_epoch}] "
                       f"loss {totals['loss'] / done:.4f}", end="", file=sys.stderr, flush=True)
         elapsed = time.monotonic() - started
+        # Validation in eval mode: BatchNorm's running statistics, no stochastic depth, and
+        # the validation images left out of the statistics that are saved.
+        bench.eval()
         map50 = map40 = None  # JSON null, not NaN, when unmeasurable
         if measurable:
             predictions = predict_dataset(detector, validation_set)
@@ -422,6 +425,7 @@ def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
     """The best epoch as a model folder, with thresholds chosen for the target sensitivity."""
     state = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
     bench.model.load_state_dict(state)
+    bench.eval()
     predictions = predict_dataset(detector, validation_set)
     truth = ground_truth(validation_images)
     parent = ModelCard.load(config.init_from, verify_weights=False) if config.init_from else None

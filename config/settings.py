@@ -401,8 +401,13 @@ class TrainingSettings(_Section):
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     epochs: int = Field(default=10, ge=1, le=1000)
+    # The global batch: with several processes each trains on batch_size / nproc_per_node.
     batch_size: int = Field(default=8, ge=1, le=512)
     learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    # Training processes on this host (one per GPU) for `cxr-node retrain` and the
+    # scheduler's retraining, started through torchrun (DistributedDataParallel; NCCL on
+    # GPUs, gloo on CPUs); 1 trains in the calling process. `--nproc-per-node` overrides.
+    nproc_per_node: int = Field(default=1, ge=1, le=64)
     # The operating point each finding's threshold is chosen for on validation (the widest
     # margin over both; sensitivity first where both cannot hold).
     target_sensitivity: float = Field(default=0.90, gt=0, lt=1)

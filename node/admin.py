@@ -136,7 +136,8 @@ def import_labels(settings: Settings, path: Path, fmt: str) -> int:
 
 
 def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_size: int | None,
-            device: str, init_backbone: Path | None = None) -> int:
+            device: str, init_backbone: Path | None = None,
+            processes: int | None = None) -> int:
     from storage.files import DicomFileStore
     from training.retrain import RetrainError
     from training.retrain import retrain as run_retrain
@@ -146,7 +147,7 @@ def retrain(settings: Settings, from_scratch: bool, epochs: int | None, image_si
             return _print_candidate(run_retrain(
                 settings, db, DicomFileStore(settings.storage.data_dir),
                 from_scratch=from_scratch, epochs=epochs, image_size=image_size, device=device,
-                init_backbone=init_backbone))
+                init_backbone=init_backbone, processes=processes))
 
     return _attempt("retrain: ", (RetrainError,), run)
 

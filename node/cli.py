@@ -6,6 +6,7 @@ import argparse
 import atexit
 import gc
 import logging
+import os
 import sys
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--device", default="auto")
     retrain.add_argument("--init-backbone", type=Path, metavar="FILE",
                          help="with --from-scratch: a timm ImageNet checkpoint of the backbone")
+    retrain.add_argument("--nproc-per-node", type=int, metavar="N",
+                         help="training processes on this host, one per GPU (torchrun, "
+                         "DistributedDataParallel; default: training.nproc_per_node)")
 
     models = commands.add_parser("models", help="the model registry")
     model_actions = models.add_subparsers(dest="action", required=True)
@@ -192,6 +196,21 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--target-specificity", type=float, default=0.90)
     train.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI "
                        "(needs the mlflow extra; default: $MLFLOW_TRACKING_URI if set)")
+    scaling = train.add_argument_group(
+        "several GPUs or hosts", "train in processes that torchrun starts (one per GPU; "
+        "--batch-size is the global batch, split evenly over them); or run this command "
+        "under torchrun yourself: torchrun [options] -m node.cli train ...")
+    scaling.add_argument("--nproc-per-node", type=int, metavar="N",
+                         help="processes on this host (default 1)")
+    scaling.add_argument("--nnodes", type=int, default=1, help="hosts (default 1)")
+    scaling.add_argument("--node-rank", type=int, default=0,
+                         help="this host's number, 0..nnodes-1 (with --master-addr)")
+    scaling.add_argument("--master-addr", metavar="HOST",
+                         help="the host with --node-rank 0")
+    scaling.add_argument("--master-port", type=int, metavar="PORT", help="default 29500")
+    scaling.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                         help="instead of --master-addr: any one host, the same command "
+                         "on every host (torchrun's c10d rendezvous)")
 
     calibrate = commands.add_parser(
         "calibrate", help="choose a model's thresholds again on its validation split, as a "
@@ -228,8 +247,13 @@ def _utc_time(text: str) -> datetime:
 
 
 def _configure_logging(settings: Settings) -> None:
+    rank = os.environ.get("RANK")  # set by torchrun in each training process
     logging.basicConfig(level=settings.logging.level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s "
+                        + (f"[rank {rank}] " if rank is not None else "")
+                        + "%(name)s: %(message)s")
+    if rank not in (None, "0"):  # rank 0 tells the story once
+        logging.root.setLevel(max(logging.WARNING, logging.root.level))
     # pynetdicom narrates every PDU at INFO; keep its warnings and errors only.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.root.level))
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
@@ -283,9 +307,13 @@ def echo_destination(settings: Settings, name: str) -> int:
 
 
 def _refuse(command: str, message: str) -> int:
-    """One line per problem on stderr, as argparse does for a bad argument; exit status 2."""
-    for line in message.splitlines():
-        print(f"{command}: error: {line}", file=sys.stderr)
+    """One line per problem on stderr, as argparse does for a bad argument; exit status 2.
+
+    Of the processes torchrun started, only rank 0 prints: all of them meet the problem.
+    """
+    if os.environ.get("RANK", "0") == "0":
+        for line in message.splitlines():
+            print(f"{command}: error: {line}", file=sys.stderr)
     return 2
 
 
@@ -336,6 +364,34 @@ def _backup_or_restore(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _check_launched(args: argparse.Namespace) -> None:
+    """Under torchrun the launch options describe the launch that started this process
+    (``cxr-node train --nproc-per-node N`` passes them on); refuse ones that do not."""
+    started = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None
+    if args.nproc_per_node not in (None, started):
+        raise ValueError(f"nproc_per_node {args.nproc_per_node} given, but torchrun started "
+                         f"{started} processes on this host: give the number once")
+
+
+def _check_retrain_processes(args: argparse.Namespace, settings: Settings) -> str | None:
+    """Why ``cxr-node retrain`` cannot start its training processes as asked, or None."""
+    if "WORLD_SIZE" in os.environ:
+        return ("retrain starts its own training processes (--nproc-per-node, "
+                "training.nproc_per_node): run it without torchrun")
+    if args.nproc_per_node is None:
+        return None  # the setting is checked where it is used
+    from training.distributed import Launch
+
+    try:
+        Launch(nproc_per_node=args.nproc_per_node).check_devices(
+            args.device, settings.training.batch_size)
+    except ValueError as exc:
+        message = _argument_error(exc, args)
+        return message.replace("batch_size", "training.batch_size", 1) \
+            if message.startswith("batch_size") else message
+    return None
+
+
 def _format_map(value: float | None) -> str:
     """A mAP, or why there is none: a labelled set without a single box cannot measure it."""
     return "n/a (no boxes in the data)" if value is None else f"{value:.3f}"
@@ -347,16 +403,17 @@ def main(argv: list[str] | None = None) -> int:
     # of a stopped node's exit, 0.3 s when they are frozen first. The memory goes back to
     # the operating system either way; atexit handlers (logging's flush) still run.
     atexit.register(gc.freeze)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
         _configure_logging(settings)
-        return _run(args, settings)
+        return _run(args, settings, argv)
     except ConfigError as exc:  # the operator's to fix: the message names the key
         return _refuse("cxr-node", str(exc))
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int:
+def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
     if args.command == "serve":
         from node.server import serve
 
@@ -398,8 +455,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             if args.init_backbone and not args.from_scratch:
                 return _refuse("cxr-node retrain", "--init-backbone goes with --from-scratch: "
                                "fine-tuning starts from the active model's whole network")
+            refused = _check_retrain_processes(args, settings)
+            if refused:
+                return _refuse("cxr-node retrain", refused)
             return admin.retrain(settings, args.from_scratch, args.epochs, args.image_size,
-                                 args.device, args.init_backbone)
+                                 args.device, args.init_backbone, args.nproc_per_node)
         if args.action == "register":
             return admin.register_model(settings, args.model_dir, args.device)
         if args.action == "promote":
@@ -501,10 +561,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {args.count} {made}; labels in {labels}")
         return 0
     if args.command == "train":
-        from training.train import TrainConfig, train
+        from training.distributed import Launch, launch, under_launcher
+        from training.train import TrainConfig, check_resume, train
 
         try:
-            model_dir = train(TrainConfig(
+            config = TrainConfig(
                 data=args.data, out=args.out, architecture=args.architecture,
                 image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
                 batch_size=args.batch_size,
@@ -512,11 +573,25 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 init_from=args.init_from, init_backbone=args.init_backbone,
                 version=args.version, workers=args.workers,
                 target_sensitivity=args.target_sensitivity,
-                target_specificity=args.target_specificity, mlflow_tracking_uri=args.mlflow_uri))
+                target_specificity=args.target_specificity, mlflow_tracking_uri=args.mlflow_uri)
+            processes = 1 if args.nproc_per_node is None else args.nproc_per_node
+            how = Launch(nproc_per_node=processes, nnodes=args.nnodes, node_rank=args.node_rank,
+                         master_addr=args.master_addr, master_port=args.master_port,
+                         rdzv_endpoint=args.rdzv_endpoint)
+            if under_launcher():
+                _check_launched(args)
+            elif how.world_size > 1:
+                how.check_devices(args.device, args.batch_size)
+                check_resume(args.out, config)  # here, not once the processes have started
+                # The same command in each process, where torchrun's variables make it train.
+                return launch(how, "node.cli", argv)
+            model_dir = train(config)
         except ValueError as exc:  # TrainError (e.g. a resume with other settings), a bad
-            # labels.csv, a backbone file that does not fit: the message names the problem
+            # labels.csv or launch option, a backbone file that does not fit: the message
+            # names the problem
             return _refuse("cxr-node train", _argument_error(exc, args))
-        print(f"best model: {model_dir}")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"best model: {model_dir}")
         return 0
     if args.command == "calibrate":
         from training.calibrate import calibrate

@@ -168,7 +168,7 @@ class TaskRunner:
         from training.retrain import RetrainError, retrain
 
         device = self.settings.worker.device
-        try:
+        try:  # in training.nproc_per_node processes on this host (torchrun), 1 by default
             outcome = retrain(self.settings, self.db, self.store, device=device)
         except RetrainError as exc:
             return "skipped", str(exc)

@@ -6,11 +6,16 @@ chosen), then the candidate and the active model are both evaluated on the same 
 test set and the promotion gate decides (training.registry.gate). The candidate is
 registered either way, with its figures and the gate's reasons; it becomes active only
 if the gate passed and ``training.auto_promote`` is on (else ``cxr-node models promote``).
+
+Only the training is spread over processes (``training.nproc_per_node``, one per GPU of
+this host): the snapshot, the judging and the registry stay in the calling process, the
+one that holds the database.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from storage.audit import AuditEventId, Outcome
 from storage.db import Database
 from storage.files import DicomFileStore
 from storage.models import DatasetSnapshot, ModelVersion, utcnow
+from training.distributed import Launch, launch
 from training.evaluate import evaluate_model
 from training.registry import (
     GateResult,
@@ -85,13 +91,20 @@ def summary(report: dict) -> dict:
 
 def retrain(settings: Settings, db: Database, store: DicomFileStore, *, from_scratch: bool = False,
             epochs: int | None = None, image_size: int | None = None,
-            device: str = "auto", init_backbone: Path | None = None) -> RetrainOutcome:
+            device: str = "auto", init_backbone: Path | None = None,
+            processes: int | None = None) -> RetrainOutcome:
     """``init_backbone``: a timm ImageNet checkpoint to start the backbone of a network
-    trained from scratch with (see ``model.detector.load_backbone``)."""
+    trained from scratch with (see ``model.detector.load_backbone``); ``processes``:
+    training processes on this host (default ``training.nproc_per_node``)."""
     if init_backbone and not from_scratch:
         raise RetrainError("a backbone file goes with training from scratch: fine-tuning "
                            "starts from the active model's whole network")
     training = settings.training
+    processes = training.nproc_per_node if processes is None else processes
+    try:  # before the snapshot: more processes than GPUs, a batch that does not split
+        Launch(nproc_per_node=processes).check_devices(device, training.batch_size)
+    except ValueError as exc:
+        raise RetrainError(f"training.{exc}") from None
     with db.session() as session:
         active = active_version(session)
         if active is None:
@@ -111,21 +124,40 @@ def retrain(settings: Settings, db: Database, store: DicomFileStore, *, from_scr
         f"{utcnow():%Y%m%dT%H%M%S}-{version}"
     LOGGER.info("retraining %s %s -> %s on snapshot %s %s", card.name, card.version, version,
                 snapshot.id, sizes)
-    try:
-        model_dir = train(TrainConfig(
-            data=folder / "train", validation_data=folder / "validation", out=run,
-            architecture=card.architecture, image_size=image_size or card.image_size,
-            anchor_scale=card.anchor_scale, epochs=epochs or training.epochs,
-            batch_size=training.batch_size, learning_rate=training.learning_rate,
-            device=device, target_sensitivity=training.target_sensitivity,
-            target_specificity=training.target_specificity,
-            init_from=None if from_scratch else active_path, init_backbone=init_backbone,
-            name=card.name, version=version, findings=card.findings), progress=False)
-    except BackboneFileError as exc:
-        raise RetrainError(str(exc)) from None
+    config = TrainConfig(
+        data=folder / "train", validation_data=folder / "validation", out=run,
+        architecture=card.architecture, image_size=image_size or card.image_size,
+        anchor_scale=card.anchor_scale, epochs=epochs or training.epochs,
+        batch_size=training.batch_size, learning_rate=training.learning_rate,
+        device=device, target_sensitivity=training.target_sensitivity,
+        target_specificity=training.target_specificity,
+        init_from=None if from_scratch else active_path, init_backbone=init_backbone,
+        name=card.name, version=version, findings=card.findings)
+    model_dir = train_candidate(config, processes)
     outcome = judge(settings, db, model_dir, snapshot.id, device, run)
     LOGGER.info("candidate %s: %s", version, outcome.gate.text())
     return outcome
+
+
+def train_candidate(config: TrainConfig, processes: int) -> Path:
+    """The candidate's model folder, trained here or in ``processes`` processes that
+    torchrun starts on this host, each training the run folder's ``config.json``
+    (:mod:`training.train_process`)."""
+    if processes == 1:
+        try:
+            return train(config, progress=False)
+        except BackboneFileError as exc:
+            raise RetrainError(str(exc)) from None
+    config.out.mkdir(parents=True, exist_ok=True)
+    config_file = config.out / "config.json"
+    config_file.write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    status = launch(Launch(nproc_per_node=processes), "training.train_process",
+                    [str(config_file)])
+    if status:
+        raise RetrainError(f"training in {processes} processes failed (exit status {status}; "
+                           f"their messages are in this command's output); run folder "
+                           f"{config.out}")
+    return config.out / "model"
 
 
 def judge(settings: Settings, db: Database, model_dir: Path, snapshot_id: int,

@@ -15,6 +15,12 @@ Checkpoints and the best weights are written to a temporary file and renamed (as
 ``CheckpointSaver`` does), so a crash or a full disk mid-write leaves the previous one
 whole. A validation split without a single box has no mAP; the run says so and keeps the
 last epoch instead of the best.
+
+Under ``torchrun`` this is one of several processes: ``batch_size`` stays the global
+batch, rank 0 alone writes the run folder, and a checkpoint resumes on any number of
+processes (:mod:`training.distributed` says how a distributed run relates to a single
+one). The last partial batch of an epoch is dropped, so that every step trains on a
+whole batch however many processes share it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from model.card import ModelCard, file_sha256
 from model.detector import Detection, Detector, create_network, load_backbone
@@ -45,6 +53,16 @@ from training.dataset import (
     fingerprint,
     read_labels_csv,
     split_by_patient,
+)
+from training.distributed import (
+    World,
+    all_sum,
+    check_batch,
+    gather_by_index,
+    on_main,
+    process_group,
+    sync_buffers,
+    training_device,
 )
 from training.experiment_log import ExperimentLog
 
@@ -112,6 +130,15 @@ class TrainConfig:
         data["findings"] = [f.to_dict() for f in self.findings]
         return json.loads(json.dumps(data, default=str))
 
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        """The inverse of :meth:`to_json` (a run's ``config.json``)."""
+        paths = ("data", "out", "init_from", "init_backbone", "validation_data")
+        values = {key: Path(value) if key in paths and value is not None else value
+                  for key, value in data.items()}
+        values["findings"] = tuple(Finding.from_dict(f) for f in data["findings"])
+        return cls(**values)
+
 
 # A fine-tuned model re-chooses a finding's threshold only from at least this many
 # positive validation images; with fewer, one image more or less would swing it.
@@ -127,22 +154,30 @@ def code_version() -> str:
         return "unknown"
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def predicted_boxes(detections: list[Detection]) -> list[metrics.PredictedBox]:
     return [metrics.PredictedBox(*d.box, label=d.label, score=d.score) for d in detections]
 
 
-def predict_dataset(detector: Detector,
-                    dataset: DetectionDataset) -> list[list[metrics.PredictedBox]]:
-    """All detections (no threshold) for a dataset's cached images, in original pixels."""
-    images = [dataset.pixels(i) for i in range(len(dataset))]
+def predict_dataset(detector: Detector, dataset: DetectionDataset,
+                    indices: list[int] | None = None) -> list[list[metrics.PredictedBox]]:
+    """All detections (no threshold) for a dataset's cached images (or those at
+    ``indices``), in original pixels."""
+    indices = list(range(len(dataset))) if indices is None else indices
     return [predicted_boxes(d) for d in detector.predict_images(
-        images, dataset.letterboxes, apply_thresholds=False)]
+        [dataset.pixels(i) for i in indices], [dataset.letterboxes[i] for i in indices],
+        apply_thresholds=False)]
+
+
+def predict_shared(detector: Detector, dataset: DetectionDataset,
+                   world: World) -> list[list[metrics.PredictedBox]]:
+    """:func:`predict_dataset`, each process predicting its share (a ``DistributedSampler``
+    without shuffling); every process gets all of them, in order."""
+    sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank,
+                                 shuffle=False)
+    mine = sorted(set(sampler))  # the sampler repeats a few images to even out the shares
+    merged = gather_by_index(dict(zip(mine, predict_dataset(detector, dataset, mine),
+                                      strict=True)), world)
+    return [merged[index] for index in range(len(dataset))]
 
 
 def ground_truth(images: list[LabelledImage]) -> list[list[metrics.GroundTruthBox]]:
@@ -258,13 +293,33 @@ def _keep_epochs(metrics_file: Path, last_epoch: int) -> None:
 
 
 def train(config: TrainConfig, progress: bool = True) -> Path:
-    """Run (or resume) training; return the folder of the best model."""
-    out = Path(config.out)
+    """Run (or resume) training; return the folder of the best model.
+
+    Started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), this is one
+    process of a distributed run; only rank 0 writes, and the others return the folder
+    rank 0 writes the model to.
+    """
+    world = World.from_environment()
+    check_batch(config.batch_size, world.size)
+    device = training_device(config.device, world)
+    with process_group(world, device):
+        return _train(config, world, device, progress and world.main)
+
+
+def _start_run_folder(out: Path, config: TrainConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     check_resume(out, config)  # before config.json is written: it is what we compare to
     (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+
+
+def _read_checkpoint(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def _train(config: TrainConfig, world: World, device: torch.device, progress: bool) -> Path:
+    out = Path(config.out)
+    on_main(world, lambda: _start_run_folder(out, config))
     torch.manual_seed(config.seed)
-    device = _device(config.device)
     labels = tuple(f.label for f in config.findings)
 
     train_images, validation_images, split = validation_split(
@@ -276,6 +331,12 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                          f"all): the data has too few patients to split")
     if config.max_train_images:
         train_images = train_images[: config.max_train_images]
+    # Every step trains on a whole batch (the last partial one of an epoch is dropped), so
+    # that the steps are the same however many processes share a batch.
+    steps_per_epoch = len(train_images) // config.batch_size
+    if not steps_per_epoch:
+        raise TrainError(f"the training split has {len(train_images)} images, fewer than "
+                         f"one batch (batch_size {config.batch_size})")
     preprocessing = PreprocessConfig(image_size=config.image_size)
     draft = _card(config, preprocessing, {f: 0.5 for f in labels}, "0" * 64,
                   fingerprint(images), {})
@@ -294,23 +355,20 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     train_set = DetectionDataset(train_images, labels, preprocessing, augment=True,
                                  seed=config.seed)
     validation_set = DetectionDataset(validation_images, labels, preprocessing)
-    coverage = anchor_coverage(*train_set.model_boxes(), labels,
-                               anchor_boxes(bench.model.config))
-    (out / "anchor_coverage.json").write_text(json.dumps(coverage, indent=2) + "\n")
-    for label, fit in coverage.items():
-        if fit["boxes"]:
-            LOGGER.info("%s: %d of %d training boxes have an anchor at IoU >= %.1f", label,
-                        round(fit["covered"] * fit["boxes"]), fit["boxes"], MATCH_IOU)
+    if world.main:
+        coverage = anchor_coverage(*train_set.model_boxes(), labels,
+                                   anchor_boxes(bench.model.config))
+        (out / "anchor_coverage.json").write_text(json.dumps(coverage, indent=2) + "\n")
+        for label, fit in coverage.items():
+            if fit["boxes"]:
+                LOGGER.info("%s: %d of %d training boxes have an anchor at IoU >= %.1f",
+                            label, round(fit["covered"] * fit["boxes"]), fit["boxes"],
+                            MATCH_IOU)
     bench.to(device)
     # The node's own inference path, sharing the network being trained, scores validation.
     detector = Detector(draft, bench.model, device)
     optimizer = torch.optim.AdamW(bench.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    # A last batch of one image is dropped: BatchNorm cannot train on one value per channel
-    # (the 1 x 1 top level of a 128 px input), and one image is a poor batch at any size.
-    drop_last = len(train_set) % config.batch_size == 1 and len(train_set) > 1
-    steps_per_epoch = (len(train_set) // config.batch_size if drop_last
-                       else math.ceil(len(train_set) / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -318,63 +376,88 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
     start_epoch, best_map = 0, -1.0
     checkpoint_path = out / "checkpoint.pt"
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    # Rank 0's file, handed to every process: the other hosts need not see the run folder.
+    checkpoint = on_main(world, lambda: _read_checkpoint(checkpoint_path))
+    if checkpoint is not None:
         bench.model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, best_map = checkpoint["epoch"] + 1, checkpoint["best_map50"]
         LOGGER.info("resuming after epoch %d (best mAP@0.5 %.3f)", start_epoch, best_map)
-        _keep_epochs(out / "metrics.jsonl", start_epoch)
+        if world.main:
+            _keep_epochs(out / "metrics.jsonl", start_epoch)
+        del checkpoint
+    network = bench.model
+    if world.size > 1:
+        network = DistributedDataParallel(
+            bench.model, device_ids=[device] if device.type == "cuda" else None)
+        # Stochastic depth draws from torch's generator: a stream of its own per process
+        # (as timm seeds seed + rank), lest every process drop the same blocks.
+        torch.manual_seed(config.seed + world.rank)
+    # The order a single process would take (the same seed), dealt out to the processes.
+    sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank,
+                                 shuffle=True, seed=config.seed * 1000, drop_last=True)
 
     truth = ground_truth(validation_images)
     # mAP averages over findings with a box; with none at all it is undefined (NaN), no
     # epoch would ever be "best", and the run would end without a model.
     measurable = any(truth)
-    if not measurable:
+    if not measurable and world.main:
         LOGGER.warning("the validation split (%s, %d images) has no boxes: mAP cannot be "
                        "measured, so the last epoch is kept as the model; thresholds come "
                        "from the parent model or 0.5", split, len(validation_images))
-    experiment = ExperimentLog(config.mlflow_tracking_uri, config.name,
-                               f"{config.version} ({out.name})")
-    experiment.params({k: v for k, v in config.to_json().items() if k != "findings"})
+    experiment = None
+    if world.main:
+        experiment = ExperimentLog(config.mlflow_tracking_uri, config.name,
+                                   f"{config.version} ({out.name})")
+        experiment.params({k: v for k, v in config.to_json().items() if k != "findings"})
     for epoch in range(start_epoch, config.epochs):
         train_set.epoch = epoch
+        sampler.set_epoch(epoch)
         bench.train()
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(
-            config.seed * 1000 + epoch)).tolist()
-        totals = {"loss": 0.0, "class_loss": 0.0, "box_loss": 0.0}
+        totals = torch.zeros(3, dtype=torch.float64)  # loss, class_loss, box_loss
         started = time.monotonic()
         # Workers (forked each epoch, so they see this epoch's augmentation seed) prepare
         # the next batches while the current one trains.
         loader = torch.utils.data.DataLoader(
-            train_set, batch_size=config.batch_size, sampler=order, collate_fn=collate,
-            num_workers=config.workers, pin_memory=device.type == "cuda", drop_last=drop_last)
+            train_set, batch_size=config.batch_size // world.size, sampler=sampler,
+            collate_fn=collate, num_workers=config.workers,
+            pin_memory=device.type == "cuda", drop_last=True)
         for step, (batch, target) in enumerate(loader):
             batch = batch.to(device, non_blocking=True)
             target = {k: [t.to(device, non_blocking=True) for t in v] for k, v in target.items()}
             with _autocast(device):
-                losses = bench(batch, target)
+                losses = _batch_losses(bench, network, batch, target, world)
             optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
+            # DDP averages the processes' gradients; each loss is a share of the batch's.
+            (losses[0] * world.size).backward()
             torch.nn.utils.clip_grad_norm_(bench.parameters(), 10.0)
             optimizer.step()
             scheduler.step()
-            for key in totals:
-                totals[key] += float(losses[key].detach())
+            totals += all_sum(losses.detach(), world).cpu().double()
             if progress:
                 done = step + 1
                 print(f"\repoch {epoch + 1}/{config.epochs} [{done}/{steps_per_epoch}] "
-                      f"loss {totals['loss'] / done:.4f}", end="", file=sys.stderr, flush=True)
+                      f"loss {totals[0] / done:.4f}", end="", file=sys.stderr, flush=True)
         elapsed = time.monotonic() - started
+        sync_buffers(bench.model, world)  # validate with the statistics rank 0 saves
+        # Validation in eval mode: BatchNorm's running statistics, no stochastic depth, and
+        # the validation images left out of the statistics that are saved.
+        bench.eval()
         map50 = map40 = None  # JSON null, not NaN, when unmeasurable
         if measurable:
-            predictions = predict_dataset(detector, validation_set)
+            predictions = predict_shared(detector, validation_set, world)
             map50, _ = metrics.mean_average_precision(truth, predictions, labels, 0.5)
             map40, _ = metrics.mean_average_precision(truth, predictions, labels, 0.4)
-        record = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in totals.items()},
+        if not world.main:
+            continue
+        record = {"epoch": epoch + 1,
+                  **{key: float(total) / steps_per_epoch
+                     for key, total in zip(("loss", "class_loss", "box_loss"), totals,
+                                           strict=True)},
                   "map50": map50, "map40": map40, "lr": scheduler.get_last_lr()[0],
-                  "train_images_per_second": len(train_set) / elapsed}
+                  "train_images_per_second": steps_per_epoch * config.batch_size / elapsed,
+                  "processes": world.size}
         with open(out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
         experiment.metrics(record, step=epoch + 1)
@@ -389,6 +472,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         save_atomically({"model": bench.model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "epoch": epoch,
                          "best_map50": best_map}, checkpoint_path)
+    if not world.main:
+        return out / "model"
 
     from training.evaluate import plot_training_curves  # matplotlib only when a run ends
 
@@ -399,6 +484,23 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                       out / "validation_metrics.json", model_dir / "card.json"])
     experiment.end()
     return model_dir
+
+
+def _batch_losses(bench: torch.nn.Module, network: torch.nn.Module, batch: torch.Tensor,
+                  target: dict, world: World) -> torch.Tensor:
+    """(loss, class loss, box loss) of this process's images, as shares of the batch's.
+
+    effdet's training bench divides the losses by the positive anchors of the images it
+    is given; here the count is the whole batch's (summed over the processes), so the
+    processes' shares add up to the loss one process would compute for the whole batch.
+    ``network`` is the DDP-wrapped ``bench.model`` in several processes.
+    """
+    class_out, box_out = network(batch)
+    cls_targets, box_targets, positives = bench.anchor_labeler.batch_label_anchors(
+        target["bbox"], target["cls"])
+    loss, class_loss, box_loss = bench.loss_fn(class_out, box_out, cls_targets, box_targets,
+                                               all_sum(positives.sum(), world))
+    return torch.stack([loss, class_loss, box_loss])
 
 
 def _card(config: TrainConfig, preprocessing: PreprocessConfig, thresholds: dict[str, float],
@@ -422,6 +524,7 @@ def _write_model(config: TrainConfig, out: Path, bench: torch.nn.Module,
     """The best epoch as a model folder, with thresholds chosen for the target sensitivity."""
     state = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
     bench.model.load_state_dict(state)
+    bench.eval()
     predictions = predict_dataset(detector, validation_set)
     truth = ground_truth(validation_images)
     parent = ModelCard.load(config.init_from, verify_weights=False) if config.init_from else None

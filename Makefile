@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/example.yaml
-# torch and torchvision must be installed as a matching pair (see README).
+# torch and torchvision must be installed as a matching pair (see docs/testing.md).
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb openssl chromium
 TOOL_BINARIES := storescu echoscu storescp dcmconv dcmcjpls dcmp2pgm dsr2html dciodvfy Orthanc \

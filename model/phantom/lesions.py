@@ -142,23 +142,24 @@ def _bronchi(p: _Placer, x0: float, y0: float, side: int, reach: float, rng) -> 
             angle += math.radians(rng.uniform(-8, 8))
             x, y = x + side * length / 4 * math.cos(angle), y + length / 4 * math.sin(angle)
             pts.append((x, y))
-            rs.append(radius * (1 - 0.12 * (k + 1)))
+            rs.append(radius * (1 - 0.05 * (k + 1)))
         curves.append(np.array(pts))
         radii.append(np.array(rs))
         if depth:
-            turn = math.radians(rng.uniform(20, 40))
-            grow(x, y, angle + turn, 0.7 * length, 0.7 * rs[-1], depth - 1)
-            grow(x, y, angle - turn, 0.75 * length, 0.75 * rs[-1], depth - 1)
+            turn = math.radians(rng.uniform(15, 30))
+            grow(x, y, angle + turn, 0.7 * length, 0.8 * rs[-1], depth - 1)
+            grow(x, y, angle - 0.5 * turn, 0.8 * length, 0.85 * rs[-1], depth - 1)
 
     for _ in range(int(rng.integers(1, 4))):
         start_back = reach * rng.uniform(0.5, 0.9)
         sx = x0 - side * start_back * math.cos(heading) + rng.uniform(-8, 8)
         sy = y0 - start_back * math.sin(heading) + rng.uniform(-8, 8)
         grow(sx, sy, heading + math.radians(rng.uniform(-20, 20)), reach * rng.uniform(0.6, 0.9),
-             rng.uniform(1.3, 2.4), 2)
+             rng.uniform(1.4, 2.4), 2)
     layer = np.zeros(p.frame.shape, np.float32)
     draw_tubes(layer, p.frame, curves, radius=radii, per_mm=1.0)
-    return np.clip(layer / 2.0, 0, 1)
+    # The lumen, not the chord: full where the tube is, fading only at its wall.
+    return np.clip(_smooth(layer, 0.4 / p.frame.mm) / 1.2, 0, 1)
 
 
 def _infiltration(p: _Placer, side: int, rng) -> _Effect | None:
@@ -180,7 +181,7 @@ def _infiltration(p: _Placer, side: int, rng) -> _Effect | None:
         patch[sl] = _smooth(envelope * blotches, 1.2 / mm)
         if rng.random() < 0.7:  # air bronchograms: bronchi stay aerated inside the patch
             keep = _bronchi(p, x0, y0, side, max(ra, rb), rng)
-            patch *= 1 - 0.85 * keep * (patch > 0.35)
+            patch *= 1 - 0.8 * keep * np.clip((patch - 0.25) / 0.3, 0, 1)
         patch *= p.masks.lungs[i]
         strength = rng.uniform(0.45, 0.85)
         opacity, mask = _trim(patch, 0.12)
@@ -248,11 +249,22 @@ def _atelectasis(p: _Placer, side: int, rng) -> _Effect | None:
         shape &= p.masks.lungs[i]
         if shape.sum() * mm**2 < (40 if plate else 300):
             continue
-        strength = _soft(shape, 0.7 / mm) * shape * rng.uniform(0.7, 0.95)
+        if plate:  # a disc of collapsed lung seen edge-on: a soft line, partly aerated
+            strength = _soft(shape, rng.uniform(0.6, 1.2) / mm) * rng.uniform(0.12, 0.28)
+        else:  # a collapsed lobe: dense, not uniform; soft where no fissure bounds it
+            grain = pink_noise(rng, p.frame.shape, mm, exponent=2.5, shortest_mm=2,
+                               longest_mm=30)
+            strength = (np.minimum(_soft(shape, rng.uniform(1.5, 3.5) / mm) * 1.6, 1)
+                        * (rng.uniform(0.55, 0.85) + 0.07 * grain))
+        strength = np.clip(strength, 0, 1) * p.masks.lungs[i]
         line = np.zeros(p.frame.shape, np.float32)
-        if fissure is not None:  # the fissure, a hair-thin line of pleura seen edge-on
+        if fissure is not None:  # the fissure, a hair-thin line of pleura seen edge-on,
+            # and the lobe sharply bounded there
             draw_tubes(line, p.frame, [fissure], radius=0.6, per_mm=0.8 * SOLID_PER_MM)
             line *= p.masks.lungs[i]
+            sharp = _soft(shape, 0.5 / mm) * float(strength.max())
+            near = _soft(line > 0, 4 / mm) > 0.05
+            strength = np.where(near & shape, np.maximum(strength, sharp), strength)
         air, mask = _trim(strength, 0.05)
         line = np.where(mask, line, 0)
         if not mask.any() or not p.fits(mask, side):
@@ -268,8 +280,8 @@ def _effusion(p: _Placer, side: int, rng) -> _Effect | None:
     lung = body.lungs[i]
     for attempt in range(10):
         depth = rng.uniform(20, 0.45 * base) + 5 * attempt
-        rise, haze = rng.uniform(0.35, 0.8) * depth, rng.uniform(6, 18)
-        power = rng.uniform(2.0, 3.5)
+        rise, haze = rng.uniform(0.5, 1.0) * depth, rng.uniform(6, 18)
+        power = rng.uniform(1.4, 2.4)
         sl, x, y = p.frame.local(lung[:, 0].min() - 15, lung[:, 1].min(), lung[:, 0].max() + 15,
                                  lung[:, 1].max() + 15)
         u = np.clip((side * x / half - 0.3) / 0.7, 0, 1)  # 0 medially, 1 at the lateral wall
@@ -311,10 +323,11 @@ def _pneumothorax(p: _Placer, side: int, rng) -> _Effect | None:
             continue
         rim_soft = np.where(mask, rim_soft, 0)
         line = np.where(mask, line, 0)
-        # Beyond the line only pleural air: no vessels, no parenchyma (a little lucent).
-        lucent = rng.uniform(0.04, 0.12)
+        # Beyond the line only pleural air: no vessels, no parenchyma, so it is darker
+        # than the lung (by the lung tissue that is no longer there).
+        lucent = rng.uniform(0.12, 0.3)
         return p.accept(_Effect(PNEUMOTHORAX, mask,
-                                add=rng.uniform(0.05, 0.09) * line - lucent * rim_soft,
+                                add=rng.uniform(0.1, 0.18) * line - lucent * rim_soft,
                                 markings=np.clip(rim_soft * 1.1, 0, 1)))
     return None
 

@@ -149,7 +149,7 @@ def _clavicle(rng, side: int, half: float, view: str) -> list[Bone]:
                            y_med + (y_lat - y_med) * u + bend * np.sin(2 * np.pi * u)])
     pts[:, 0] *= side
     r = rng.uniform(5.5, 7)
-    return [Bone(pts[:9], r, 0.3, 0.8), Bone(pts[7:], 0.8 * r, 0.35, 0.7)]
+    return [Bone(pts[:9], r, 0.3, 0.7), Bone(pts[7:], 0.8 * r, 0.35, 0.6)]
 
 
 def _scapula(rng, side: int, half: float, base: float, view: str) -> Scapula:
@@ -300,9 +300,9 @@ def _humerus(acc: np.ndarray, frame: _Frame, x0: float, y0: float, radius: float
         inner_chord = 2 * np.sqrt(np.clip(inner**2 - rho2, 0, None))
         acc[sl] += BONE_PER_MM * ((outer_chord - inner_chord) * 0.35
                                   + MARROW_EXTRA / BONE_EXTRA * inner_chord * 0.6)
-    shaft = np.array([(x0 + side * 4, y0 + 0.5 * radius), (x0 + side * 12, y0 + 6 * radius)])
-    draw_curves_each(acc, frame, [shaft], [np.array([0.55 * radius, 0.45 * radius])],
-                     BONE_PER_MM, 0.3)
+    shaft = np.array([(x0 + side * 4, y0 + 0.5 * radius), (x0 + side * 10, y0 + 5 * radius)])
+    draw_curves_each(acc, frame, [shaft], [np.array([0.5 * radius, 0.4 * radius])],
+                     BONE_PER_MM * 0.7, 0.25)
 
 
 def _spine(acc: np.ndarray, frame: _Frame, vertebrae) -> None:
@@ -327,8 +327,8 @@ def _spine(acc: np.ndarray, frame: _Frame, vertebrae) -> None:
 
 def _scapula_path(acc: np.ndarray, frame: _Frame, scap: Scapula) -> None:
     plate = _smooth(frame.fill(scap.plate), 2.0 / frame.mm)
-    acc += BONE_PER_MM * 2.5 * plate
-    draw_curves_each(acc, frame, scap.borders, [5.0, 2.5, 4.5], BONE_PER_MM, 0.35)
+    acc += BONE_PER_MM * 2.0 * plate
+    draw_curves_each(acc, frame, scap.borders, [3.5, 2.0, 3.5], BONE_PER_MM * 0.8, 0.35)
 
 
 def render_body(body: RadiographBody, masks, rng: np.random.Generator):

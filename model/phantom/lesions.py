@@ -56,6 +56,17 @@ def _trim(field: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
     return out.astype(np.float32), out > 0
 
 
+def _inner(p: _Placer, i: int) -> np.ndarray:
+    """Lung ``i``'s mask, fading to 0 over ~2 mm inside its edge: a finding that reaches
+    the lung's edge fades there instead of copying the mask's pixel steps (coarse on a
+    real image's lungs, :mod:`.insertion`). Computed once per lung and placer."""
+    cache = p.__dict__.setdefault("_inner_lungs", {})
+    if i not in cache:
+        lung = p.masks.lungs[i]
+        cache[i] = np.clip(2 * _soft(lung, 2 / p.frame.mm) - 1, 0, 1) * lung
+    return cache[i]
+
+
 def _local(p: _Placer, x0: float, y0: float, reach: float):
     return p.frame.local(x0 - reach, y0 - reach, x0 + reach, y0 + reach)
 
@@ -182,7 +193,7 @@ def _infiltration(p: _Placer, side: int, rng) -> _Effect | None:
         if rng.random() < 0.7:  # air bronchograms: bronchi stay aerated inside the patch
             keep = _bronchi(p, x0, y0, side, max(ra, rb), rng)
             patch *= 1 - 0.8 * keep * np.clip((patch - 0.25) / 0.3, 0, 1)
-        patch *= p.masks.lungs[i]
+        patch *= _inner(p, i)
         strength = rng.uniform(0.45, 0.85)
         opacity, mask = _trim(patch, 0.12)
         if mask.sum() * mm**2 < 300 or not p.fits(mask, side):
@@ -247,24 +258,24 @@ def _atelectasis(p: _Placer, side: int, rng) -> _Effect | None:
         if shape is None:
             continue
         shape &= p.masks.lungs[i]
-        if shape.sum() * mm**2 < (40 if plate else 300):
-            continue
+        if shape.sum() * mm**2 < (40 if plate else 300) or not p.fits(shape, side):
+            continue  # (checked before the costly drawing; the drawing is checked again)
+        line = np.zeros(p.frame.shape, np.float32)
         if plate:  # a disc of collapsed lung seen edge-on: a soft line, partly aerated
             strength = _soft(shape, rng.uniform(0.6, 1.2) / mm) * rng.uniform(0.12, 0.28)
         else:  # a collapsed lobe: dense, not uniform; soft where no fissure bounds it
+            edge = np.minimum(_soft(shape, rng.uniform(1.5, 3.5) / mm) * 1.6, 1)
+            if fissure is not None:  # the fissure: the lobe sharply bounded there, and a
+                # hair-thin line of pleura seen edge-on
+                draw_tubes(line, p.frame, [fissure], radius=0.6, per_mm=0.8 * SOLID_PER_MM)
+                line *= p.masks.lungs[i]
+                near = (_soft(line > 0, 4 / mm) > 0.05) & shape
+                edge = np.where(near, np.maximum(edge, np.minimum(
+                    _soft(shape, 0.5 / mm) * 1.6, 1)), edge)
             grain = pink_noise(rng, p.frame.shape, mm, exponent=2.5, shortest_mm=2,
                                longest_mm=30)
-            strength = (np.minimum(_soft(shape, rng.uniform(1.5, 3.5) / mm) * 1.6, 1)
-                        * (rng.uniform(0.55, 0.85) + 0.07 * grain))
-        strength = np.clip(strength, 0, 1) * p.masks.lungs[i]
-        line = np.zeros(p.frame.shape, np.float32)
-        if fissure is not None:  # the fissure, a hair-thin line of pleura seen edge-on,
-            # and the lobe sharply bounded there
-            draw_tubes(line, p.frame, [fissure], radius=0.6, per_mm=0.8 * SOLID_PER_MM)
-            line *= p.masks.lungs[i]
-            sharp = _soft(shape, 0.5 / mm) * float(strength.max())
-            near = _soft(line > 0, 4 / mm) > 0.05
-            strength = np.where(near & shape, np.maximum(strength, sharp), strength)
+            strength = edge * (rng.uniform(0.45, 0.8) + 0.07 * grain)
+        strength = np.clip(strength, 0, 1) * _inner(p, i)
         air, mask = _trim(strength, 0.05)
         line = np.where(mask, line, 0)
         if not mask.any() or not p.fits(mask, side):
@@ -292,7 +303,7 @@ def _effusion(p: _Placer, side: int, rng) -> _Effect | None:
         sheet = np.clip((u - 0.88) / 0.12, 0, 1) * np.clip(1 - (level - y) / (0.6 * depth), 0, 1)
         full = np.zeros(p.frame.shape, np.float32)
         full[sl] = np.maximum(fluid, 0.5 * sheet) * (side * x > 0)
-        full *= p.masks.lungs[i]
+        full *= _inner(p, i)
         air, mask = _trim(full, 0.08)
         air = np.clip(air, 0, 1) * rng.uniform(0.85, 1.0)
         if mask.sum() * p.frame.mm**2 >= 150 and p.fits(mask, side):

@@ -20,6 +20,7 @@ from model.phantom.raster import _Frame, _smooth, _spline
 from model.phantom.tubes import MU_WATER, dome_profile, draw_tubes, pink_noise
 
 LUNG_DENSITY = 0.25  # lung tissue and blood per unit volume, relative to water
+TYPICAL_AIR = MU_WATER * (1 - LUNG_DENSITY) * 138  # lung air path at an average depth
 
 
 def lung_outline(rng: np.random.Generator, side: int, half: float, base: float, dome: float,

@@ -325,9 +325,13 @@ def _pneumothorax(p: _Placer, side: int, rng) -> _Effect | None:
         rim = p.masks.polys[i] & ~collapsed & p.masks.lungs[i]
         if rim.sum() * mm**2 < 150:
             continue
-        edge = _soft(collapsed, rng.uniform(0.3, 0.6) / mm)
+        # The visceral pleura: a line a fraction of a millimetre wide; on a coarse grid it
+        # is widened to about a pixel and fainter, keeping its integral across.
+        width = rng.uniform(0.3, 0.6)
+        drawn = max(width, 0.6 * mm)
+        edge = _soft(collapsed, drawn / mm)
         near = _soft(rim, 2 / mm) > 0.02
-        line = 4 * edge * (1 - edge) * near * p.masks.lungs[i]
+        line = 4 * edge * (1 - edge) * near * p.masks.lungs[i] * (width / drawn)
         rim_soft = _soft(rim, 0.6 / mm) * p.masks.lungs[i]
         field, mask = _trim(np.maximum(rim_soft, line), 0.05)
         if not p.fits(mask, side):

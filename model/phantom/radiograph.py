@@ -38,6 +38,8 @@ class Rendered:
     effects: list[_Effect]
     devices: list[Device]
     path: np.ndarray  # working grid, line integrals
+    air: np.ndarray  # the lung air's share of it, as drawn (findings' air loss applied)
+    markings: np.ndarray  # the lung markings (vessels, texture) as drawn
     pixels: np.ndarray  # stored values
     burned_in: bool
 
@@ -71,10 +73,12 @@ def render_case(seed: int, index: int, size_range: tuple[int, int], normal_fract
             keep_markings *= 1 - effect.markings
         if effect.add is not None:
             added += effect.add
-    path = tissue - air * keep_air + markings * keep_markings + added
+    air, markings = air * keep_air, markings * keep_markings
+    path = tissue - air + markings + added
     path += draw_devices(body, devices, np.random.default_rng(device_seq))
     noise_rng = np.random.default_rng(noise_seq)
     log_image, field = detect(path, acq, body.frame.mm, body.spacing_mm, noise_rng)
     shown = process(log_image, field, acq, body.spacing_mm)
     burned = burn_in(shown, body, acq, devices) if with_devices else False
-    return Rendered(acq, body, masks, effects, devices, path, store_pixels(shown, acq), burned)
+    return Rendered(acq, body, masks, effects, devices, path, air, markings,
+                    store_pixels(shown, acq), burned)

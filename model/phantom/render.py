@@ -179,10 +179,14 @@ def _scapula(rng, side: int, half: float, base: float, view: str) -> Scapula:
 
 
 def sample_body(rng: np.random.Generator, acq: RadiographAcquisition) -> RadiographBody:
+    """The body of one case. The view changes the geometry but not which random numbers
+    are drawn, so a PA and an AP acquisition with the same generator state give the same
+    patient seen two ways (what the PA/AP tests compare)."""
     view = acq.view
     t = rng.uniform(125, 160)
     half = (t * rng.uniform(0.97, 1.03), t * rng.uniform(0.97, 1.03))
-    base_r = 2 * t * rng.uniform(0.8, 0.95) * (rng.uniform(0.86, 0.96) if view == AP else 1)
+    shallow = rng.uniform(0.86, 0.96)  # lower lung volumes of a patient in bed
+    base_r = 2 * t * rng.uniform(0.8, 0.95) * (shallow if view == AP else 1)
     base = (base_r, base_r + rng.uniform(4, 16))
     dome = (rng.uniform(24, 42), rng.uniform(22, 40))
     medial = rng.uniform(10, 16)
@@ -204,7 +208,8 @@ def sample_body(rng: np.random.Generator, acq: RadiographAcquisition) -> Radiogr
     bottom = max(b - 0.5 * d for b, d in zip(base, dome, strict=True)) + rng.uniform(4, 10)
     heart_shape = (math.radians(rng.uniform(25, 40)), rng.uniform(0.68, 0.8),
                    rng.uniform(0.25, 0.5))
-    magnify = rng.uniform(1.1, 1.22) if view == AP else 1.0
+    magnify = rng.uniform(1.1, 1.22)  # AP: the heart is far from the detector, magnified
+    magnify = magnify if view == AP else 1.0
     width = thorax * rng.uniform(0.37, 0.46) * magnify
     big_width = max(thorax * rng.uniform(0.56, 0.66), width * 1.2)
     height, right_frac = width / magnify * rng.uniform(0.72, 0.88), rng.uniform(0.26, 0.36)
@@ -212,7 +217,8 @@ def sample_body(rng: np.random.Generator, acq: RadiographAcquisition) -> Radiogr
     big_heart = _heart_outline(heart_shape, big_width, height * rng.uniform(1.0, 1.12),
                                -right_frac * rng.uniform(1.0, 1.15) * big_width, bottom)
 
-    w = rng.uniform(18, 25) * (rng.uniform(1.1, 1.3) if view == AP else 1)
+    widen = rng.uniform(1.1, 1.3)
+    w = rng.uniform(18, 25) * (widen if view == AP else 1)
     knob, y_knob = rng.uniform(6, 12), rng.uniform(50, 75)
     top = bottom - height
     mediastinum = _spline([(-w, -300), (-w - 1, 0), (-w - 3, 0.6 * top), (-w - 4, top + 25),
@@ -223,7 +229,7 @@ def sample_body(rng: np.random.Generator, acq: RadiographAcquisition) -> Radiogr
 
     neck, walls = rng.uniform(48, 62), (rng.uniform(24, 42), rng.uniform(24, 42))
     neck_level = rng.uniform(-75, -55)
-    arms = view == AP or rng.random() < 0.3  # arms by the sides, in the field
+    arms = rng.random() < 0.3 or view == AP  # arms by the sides, in the field
     sides = []
     for i, s in enumerate(_SIDES):
         bw, h = half[i] + walls[i], base[i]

@@ -192,9 +192,9 @@ def _infiltration(p: _Placer, side: int, rng) -> _Effect | None:
         patch[sl] = _smooth(envelope * blotches, 1.2 / mm)
         if rng.random() < 0.7:  # air bronchograms: bronchi stay aerated inside the patch
             keep = _bronchi(p, x0, y0, side, max(ra, rb), rng)
-            patch *= 1 - 0.8 * keep * np.clip((patch - 0.25) / 0.3, 0, 1)
+            patch *= 1 - 0.6 * keep * np.clip((patch - 0.25) / 0.3, 0, 1)
         patch *= _inner(p, i)
-        strength = rng.uniform(0.45, 0.85)
+        strength = rng.uniform(0.35, 0.75)
         opacity, mask = _trim(patch, 0.12)
         if mask.sum() * mm**2 < 300 or not p.fits(mask, side):
             continue

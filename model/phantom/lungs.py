@@ -30,9 +30,10 @@ def lung_outline(rng: np.random.Generator, side: int, half: float, base: float, 
     mid-lung, its medial end lower than its top."""
     t, h, d = half, base, dome
     peak = rng.uniform(0.4, 0.55)  # where the dome is highest, as a share of the half width
-    pts = [(medial + 3, 30), (0.2 * t, 12), (0.36 * t, 0), (0.52 * t, 6), (0.67 * t, 24),
-           (0.82 * t, 58), (0.94 * t, 0.38 * h), (t, 0.62 * h), (0.99 * t, 0.8 * h),
-           (0.965 * t, h - 14), (0.935 * t, h), (0.935 * t, h),
+    # The chest is bell-shaped: narrow at the apices, widest just above the angles.
+    pts = [(medial + 3, 30), (0.2 * t, 12), (0.36 * t, 0), (0.52 * t, 6), (0.66 * t, 24),
+           (0.77 * t, 58), (0.88 * t, 0.34 * h), (0.96 * t, 0.58 * h), (t, 0.8 * h),
+           (0.99 * t, h - 16), (0.965 * t, h), (0.965 * t, h),
            (0.8 * t, h - 0.55 * d), ((peak + 0.15) * t, h - 0.93 * d), (peak * t, h - d),
            ((peak - 0.17) * t, h - 0.9 * d), (0.16 * t, h - 0.72 * d),
            (medial, h - 0.55 * d), (medial, 0.62 * h), (medial, 0.3 * h)]
@@ -41,7 +42,7 @@ def lung_outline(rng: np.random.Generator, side: int, half: float, base: float, 
                                                                                len(pts))])
     jitter[11] = jitter[10]
     pts = np.column_stack([pts[:, 0] * jitter[:, 0], pts[:, 1] + jitter[:, 1]])
-    pts[7, 0] = t
+    pts[8, 0] = t
     outline = _spline(pts, 10)
     outline[:, 0] *= side
     return outline
@@ -61,7 +62,7 @@ class LungLook:
 
 def sample_look(rng: np.random.Generator) -> LungLook:
     return LungLook(depth_mm=rng.uniform(110, 165), edge_mm=rng.uniform(9, 18),
-                    basal_grade=rng.uniform(0.12, 0.35), texture=rng.uniform(0.012, 0.04),
+                    basal_grade=rng.uniform(0.12, 0.35), texture=rng.uniform(0.02, 0.055),
                     texture_exponent=rng.uniform(2.2, 3.2), vessel_scale=rng.uniform(0.85, 1.2))
 
 
@@ -135,9 +136,9 @@ def vessel_tree(rng: np.random.Generator, side: int, hilum: tuple[float, float],
 
     hx, hy = hilum
     s = look.vessel_scale
-    for angle in (-95, -65, -30, 5, 40, 75):  # arteries, from up to down (+y is down)
+    for angle in (-100, -75, -50, -25, 0, 25, 50, 75):  # arteries, up to down (+y down)
         grow(hx, hy, math.radians(angle + rng.uniform(-12, 12)), rng.uniform(24, 34),
-             s * rng.uniform(4.0, 5.5), 7)
+             s * rng.uniform(4.0, 5.5), 8)
     for angle in (-10, 15, 35):  # veins, lower and flatter, toward the left atrium
         grow(hx + side * rng.uniform(-4, 6), hy + rng.uniform(22, 34),
              math.radians(angle + rng.uniform(-10, 10)), rng.uniform(22, 30),

@@ -29,6 +29,7 @@ from model.phantom.tubes import (
     dome_profile,
     draw_curves_each,
     draw_tubes,
+    pink_noise,
     smooth_curve,
 )
 
@@ -113,7 +114,9 @@ def _ribs(rng, side: int, half: float, base: float, wall, gap: float, y_first: f
                               [a_lat - 2.5, head + drop + descent]])
         post = smooth_curve(post, 4)
         post[:, 0] *= side
-        bones.append(Bone(post, r, rng.uniform(0.22, 0.32)))
+        # The lower ribs, over the upper abdomen, are thinner and seen through more tissue.
+        bones.append(Bone(post, r if k < 9 else 0.8 * r, rng.uniform(0.22, 0.32),
+                          1.0 if k < 9 else 0.7))
         if k < 8:  # lower anterior arcs are mostly cartilage, invisible
             # The bony anterior rib ends where its costal cartilage begins: near the
             # sternum for the upper ribs, further out for the lower ones.
@@ -191,7 +194,7 @@ def sample_body(rng: np.random.Generator, acq: RadiographAcquisition) -> Radiogr
     dome = (rng.uniform(24, 42), rng.uniform(22, 40))
     medial = rng.uniform(10, 16)
 
-    need_w = (half[0] + half[1]) * rng.uniform(1.12, 1.38)
+    need_w = (half[0] + half[1]) * rng.uniform(1.05, 1.35)
     need_h = (max(base) + 110) * rng.uniform(1.02, 1.16)
     spacing = round(max(need_w / acq.columns, need_h / acq.rows), 6)
     scale = min(1.0, _WORK_MAX_PX / max(acq.rows, acq.columns))
@@ -218,14 +221,17 @@ def sample_body(rng: np.random.Generator, acq: RadiographAcquisition) -> Radiogr
                                -right_frac * rng.uniform(1.0, 1.15) * big_width, bottom)
 
     widen = rng.uniform(1.1, 1.3)
-    w = rng.uniform(18, 25) * (widen if view == AP else 1)
-    knob, y_knob = rng.uniform(6, 12), rng.uniform(50, 75)
+    w = rng.uniform(22, 30) * (widen if view == AP else 1)
+    knob, y_knob = rng.uniform(8, 16), rng.uniform(50, 75)
     top = bottom - height
-    mediastinum = _spline([(-w, -300), (-w - 1, 0), (-w - 3, 0.6 * top), (-w - 4, top + 25),
-                           (-w, max(base) + 40), (w, max(base) + 40), (w + 4, top + 25),
-                           (w + 8, top - 5), (w + 0.6 * knob, y_knob + 22),
-                           (w + knob, y_knob), (w + 0.5 * knob, y_knob - 18), (w, 0),
-                           (w, -300)], 8)
+    # Right: the superior vena cava, gently convex, down to the right atrium; left: the
+    # aortic knob, the pulmonary trunk below it, then the heart.
+    svc, trunk = rng.uniform(2, 6), rng.uniform(2, 7)
+    mediastinum = _spline([(-w + 6, -300), (-w + 4, 0), (-w - svc, 0.5 * top),
+                           (-w - 4, top + 25), (-w, max(base) + 40), (w, max(base) + 40),
+                           (w + 4, top + 25), (w + 6 + trunk, top - 8), (w + 3, y_knob + 30),
+                           (w + knob, y_knob), (w + 0.4 * knob, y_knob - 20), (w - 4, 0),
+                           (w - 6, -300)], 8)
 
     neck, walls = rng.uniform(48, 62), (rng.uniform(24, 42), rng.uniform(24, 42))
     neck_level = rng.uniform(-75, -55)
@@ -322,7 +328,7 @@ def _spine(acc: np.ndarray, frame: _Frame, vertebrae) -> None:
         q = (np.abs(x) / w) ** 3 + (np.abs(y - yc) / h) ** 3
         solid = np.clip(1 - q, 0, 1) ** 0.5
         rim = np.exp(-((q - 0.9) / 0.2) ** 2)
-        acc[sl] += MU_WATER * (MARROW_EXTRA * 14 * solid + BONE_EXTRA * 0.6 * rim)
+        acc[sl] += MU_WATER * (MARROW_EXTRA * 12 * solid + BONE_EXTRA * 0.45 * rim)
         for s in _SIDES:
             px, py = s * (w - 4), yc - 0.25 * h
             d = np.hypot((x - px) / 3.6, (y - py) / 5.5)
@@ -359,6 +365,12 @@ def render_body(body: RadiographBody, masks, rng: np.random.Generator):
         q = ((x - bx) / rx) ** 2 + ((y - by) / ry) ** 2
         upper = np.clip((y - (by - 1.3 * ry)) / (1.3 * ry), 0, 1) ** 1.5  # fades upward
         tissue += MU_WATER * tb * np.sqrt(np.clip(1 - q, 0, 1)) * upper * skin
+    # Bowel gas under the domes: irregular pockets, a different pattern on every film.
+    below = np.clip((y - max(body.base) - 10) / 30, 0, 1) * skin
+    gas = pink_noise(rng, frame.shape, mm, exponent=3.0, shortest_mm=5, longest_mm=50)
+    threshold = rng.uniform(1.0, 2.2)
+    tissue -= rng.uniform(0.15, 0.45) * _smooth(np.clip(gas - threshold, 0, 0.6) / 0.6, 1.5 / mm
+                                                ) * below
     if body.bubble is not None:
         bx, by, rx, ry = body.bubble
         tissue -= MU_WATER * 0.9 * 2 * ry * np.sqrt(np.clip(1 - ((x - bx) / rx) ** 2

@@ -367,10 +367,10 @@ def render_body(body: RadiographBody, masks, rng: np.random.Generator):
         tissue += MU_WATER * tb * np.sqrt(np.clip(1 - q, 0, 1)) * upper * skin
     # Bowel gas under the domes: irregular pockets, a different pattern on every film.
     below = np.clip((y - max(body.base) - 10) / 30, 0, 1) * skin
-    gas = pink_noise(rng, frame.shape, mm, exponent=3.0, shortest_mm=5, longest_mm=50)
-    threshold = rng.uniform(1.0, 2.2)
-    tissue -= rng.uniform(0.15, 0.45) * _smooth(np.clip(gas - threshold, 0, 0.6) / 0.6, 1.5 / mm
-                                                ) * below
+    gas = pink_noise(rng, frame.shape, mm, exponent=3.2, shortest_mm=8, longest_mm=60)
+    threshold = rng.uniform(1.3, 2.4)
+    tissue -= rng.uniform(0.1, 0.35) * _smooth(np.clip(gas - threshold, 0, 0.6) / 0.6, 2 / mm
+                                               ) * below
     if body.bubble is not None:
         bx, by, rx, ry = body.bubble
         tissue -= MU_WATER * 0.9 * 2 * ry * np.sqrt(np.clip(1 - ((x - bx) / rx) ** 2

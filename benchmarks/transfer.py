@@ -21,7 +21,10 @@ bundled model's: training seed 1, held-out seed 2 at 768-1280 px (README, "The b
 model"). An onto seed that the card names as a training seed is refused.
 
 The sets are written with the project's own writers and read back and scored through
-``cxr-node evaluate``'s path. The last line printed is one JSON object.
+``cxr-node evaluate``'s path. ``--onto-style radiograph`` draws the onto sets' findings
+with the radiograph style's textures (``cxr-node synth --onto FILE --style radiograph``);
+the held-out generated set stays in the style the card was trained on. The last line
+printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ def _ratio(found: int, total: int) -> float | None:
 
 def measure(model_dir: Path, onto: Path, seeds: tuple[int, ...], cases: int,
             synthetic_cases: int, work_dir: Path, workers: int = 1,
-            device: str | None = None) -> dict:
+            device: str | None = None, onto_style: str = "classic") -> dict:
     """Build the sets under ``work_dir``, run the model and return the figures.
 
     ``cases`` onto cases per seed in ``seeds``; ``synthetic_cases`` of the held-out seed.
@@ -147,7 +150,8 @@ def measure(model_dir: Path, onto: Path, seeds: tuple[int, ...], cases: int,
     detector = Detector.load(model_dir, device)
     truth, predictions = [], []
     for seed in seeds:
-        labels_csv = write_inserted_set(onto, work_dir / f"onto-{seed}", cases, seed)
+        labels_csv = write_inserted_set(onto, work_dir / f"onto-{seed}", cases, seed,
+                                        style=onto_style)
         seed_truth, seed_predictions = _labelled(detector, labels_csv)
         truth += seed_truth
         predictions += seed_predictions
@@ -185,6 +189,7 @@ def measure(model_dir: Path, onto: Path, seeds: tuple[int, ...], cases: int,
                    for key, found in groups.items()})
     result.update({
         "onto_fp_boxes": fps, "onto_images": len(truth), "onto_seeds": list(seeds),
+        "onto_style": onto_style,
         "onto_file": Path(onto).name, "synthetic_seed": held_out_seed,
         "synthetic_sizes": list(sizes), "synthetic_images": synthetic["images"],
         "findings": len(card.labels), "training_seeds": sorted(training_seeds),
@@ -202,7 +207,8 @@ def _fmt(value: float | None) -> str:
 def table(result: dict) -> str:
     """The figures as a person reads them."""
     lines = [f"{result['model']}: {result['onto_images']} onto cases (seeds "
-             f"{result['onto_seeds']}) on {result['onto_file']}, {result['synthetic_images']} "
+             f"{result['onto_seeds']}, {result['onto_style']} findings) on "
+             f"{result['onto_file']}, {result['synthetic_images']} "
              f"held-out generated (seed {result['synthetic_seed']}, "
              f"{result['synthetic_sizes'][0]}-{result['synthetic_sizes'][1]} px)", "",
              f"{'finding':<17} {'onto lesions':>12} {'onto calls':>10} "
@@ -246,6 +252,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_ONTO_SEEDS),
                         help=f"onto set seeds (default {list(DEFAULT_ONTO_SEEDS)})")
     parser.add_argument("--cases", type=int, default=40, help="onto cases per seed")
+    parser.add_argument("--onto-style", choices=("classic", "radiograph"), default="classic",
+                        help="how the onto sets' findings are drawn (default classic)")
     parser.add_argument("--synthetic-cases", type=int, default=200,
                         help="cases of the held-out generated set")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing phantoms")
@@ -262,7 +270,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="transfer-") as scratch:
             result = measure(args.model_dir, onto, tuple(args.seeds), args.cases,
                              args.synthetic_cases, args.keep or Path(scratch),
-                             args.workers, args.device)
+                             args.workers, args.device, args.onto_style)
     except ValueError as exc:  # a training seed, a bad count or card: one line, exit 2
         parser.error(str(exc))
     print(table(result))

@@ -172,6 +172,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes drawing cases (same files as one)")
     synth.add_argument("--onto", type=Path, metavar="FILE", help="insert findings into this "
                        "real radiograph instead of drawing whole synthetic ones (sizes unused)")
+    synth.add_argument("--style", choices=("classic", "radiograph"), default="classic",
+                       help="classic: the images the bundled model was trained on; "
+                       "radiograph: the look of a real chest film (physical projection, "
+                       "scatter, noise, vendor processing, PA/AP, devices, textured findings)")
 
     train = commands.add_parser("train", help="train the detector on a labelled folder")
     train.add_argument("--data", required=True, type=Path, help="folder with labels.csv")
@@ -548,12 +552,14 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
         try:
             if args.onto:
                 labels = write_inserted_set(args.onto, args.out, args.count, args.seed,
-                                            normal_fraction=args.normal_fraction)
+                                            normal_fraction=args.normal_fraction,
+                                            style=args.style)
             else:
                 labels = write_synthetic_set(args.out, args.count, args.seed,
                                              workers=args.workers,
                                              size_range=(args.min_size, args.max_size),
-                                             normal_fraction=args.normal_fraction)
+                                             normal_fraction=args.normal_fraction,
+                                             style=args.style)
         except ValueError as exc:  # the phantom checks its parameters up front
             return _refuse("cxr-node synth", _argument_error(exc, args))
         made = f"radiographs with findings inserted into {args.onto}" if args.onto else \

@@ -22,6 +22,17 @@ The package is split by concern: :mod:`.dicom` builds the DX dataset, :mod:`.ras
 the array helpers (frame, splines, resize, smoothing, noise, masks), :mod:`.anatomy` samples
 the acquisition and the body and renders the anatomy, :mod:`.findings` samples, places and
 draws the findings, and :mod:`.synthesis` puts a case together and writes data sets.
+
+That is the ``"classic"`` style, the default: the bundled model and its golden outputs were
+made with it, so it stays byte for byte as it is. ``style="radiograph"`` draws a case that
+looks like a real chest film instead, every step randomised per case: :mod:`.radiograph`
+puts it together from :mod:`.acquisition` (exposure, shutters, scatter, grid, detector blur,
+Poisson noise, vendor processing, windowing, LUT), :mod:`.render` (PA or AP body, bones as
+hollow tubes, soft tissue, breasts, bowel gas), :mod:`.lungs` (soft-bordered lung air,
+1/f texture, tapering vessel trees), :mod:`.devices` (lines, tubes, leads, wires, markers,
+burned-in text) and :mod:`.lesions` (the findings with their textures), all drawn as path
+(line integrals) with the primitives of :mod:`.tubes`. :mod:`.insertion` draws the same
+lesions into a real radiograph (``cxr-node synth --onto FILE --style radiograph``).
 """
 
 from model.phantom.dicom import DX_FOR_PRESENTATION, dx_dataset
@@ -36,7 +47,10 @@ from model.phantom.findings import (
     SYNTHETIC_LABELS,
 )
 from model.phantom.synthesis import (
+    CLASSIC,
     LABELS_HEADER,
+    RADIOGRAPH,
+    STYLES,
     Anatomy,
     Box,
     SyntheticCase,
@@ -47,6 +61,7 @@ from model.phantom.synthesis import (
 __all__ = [
     "ATELECTASIS",
     "CARDIOMEGALY",
+    "CLASSIC",
     "DX_FOR_PRESENTATION",
     "EFFUSION",
     "INFILTRATION",
@@ -54,6 +69,8 @@ __all__ = [
     "MASS",
     "NODULE",
     "PNEUMOTHORAX",
+    "RADIOGRAPH",
+    "STYLES",
     "SYNTHETIC_LABELS",
     "Anatomy",
     "Box",

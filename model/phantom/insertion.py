@@ -22,8 +22,19 @@ from model.phantom import ATELECTASIS, INFILTRATION, MASS, NODULE
 from model.phantom.anatomy import _SIDES, _Masks
 from model.phantom.dicom import dx_dataset
 from model.phantom.findings import _PLACEMENT_ORDER, _place_findings, _Placer
+from model.phantom.lesions import place_lesions
+from model.phantom.lungs import TYPICAL_AIR
 from model.phantom.raster import _bounds, _Frame, _resize, _smooth
-from model.phantom.synthesis import _LUNG_AIR, Box, _check_int, _uid, _write_cases
+from model.phantom.synthesis import (
+    _LUNG_AIR,
+    CLASSIC,
+    RADIOGRAPH,
+    STYLES,
+    Box,
+    _check_int,
+    _uid,
+    _write_cases,
+)
 from model.preprocess import pixel_spacing_mm
 
 # Findings that need only a lung mask; effusion, pneumothorax and cardiomegaly need the
@@ -189,6 +200,25 @@ def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(padded.shape[0] // factor, factor, -1, factor).mean(axis=(1, 3))
 
 
+def _sharpened(delta: np.ndarray, mask: np.ndarray, mm: float, rng) -> np.ndarray:
+    """A finding's change with the edge enhancement a processed image has (an unsharp
+    mask of random strength), kept inside its mask so that its box still holds it."""
+    gain = rng.uniform(0.0, 0.8)
+    return (delta + gain * (delta - _smooth(delta, 2.5 / mm))) * mask
+
+
+def _noise_level(atten: np.ndarray, lungs, factor: int) -> float:
+    """The image's own pixel noise in its lungs (robust: median absolute difference of
+    neighbouring pixels, which the lung's slow changes barely touch)."""
+    b = [_bounds(lung) for lung in lungs]
+    diffs = []
+    for r0, r1, c0, c1 in b:
+        patch = atten[r0 * factor:r1 * factor, c0 * factor:c1 * factor]
+        diffs.append(np.diff(patch, axis=1).ravel())
+    d = np.concatenate(diffs)
+    return float(np.median(np.abs(d - np.median(d))) / 0.6745 / math.sqrt(2))
+
+
 def _sample_labels(rng: np.random.Generator, normal_fraction: float) -> list[str]:
     """None, or 1-3 of the findings a real background can take (repeats allowed)."""
     if rng.random() < normal_fraction:
@@ -199,7 +229,7 @@ def _sample_labels(rng: np.random.Generator, normal_fraction: float) -> list[str
 
 
 def insert_findings(source: Dataset, seed: int, index: int, *,
-                    normal_fraction: float = 0.3) -> InsertedCase:
+                    normal_fraction: float = 0.3, style: str = CLASSIC) -> InsertedCase:
     """Case ``index`` of set ``seed``: ``source`` with 0-3 findings drawn into its lungs.
 
     The lungs are found on a coarse copy (:func:`_find_lungs`); the phantom's ``_Placer``
@@ -208,6 +238,14 @@ def insert_findings(source: Dataset, seed: int, index: int, *,
     phantom's units, scaled by the image's lung-to-mediastinum contrast, and replaces lung
     air in proportion to how dark the lung is there; lung markings are left as they are.
     Mild noise goes over the whole image so the edited parts have no smoother texture.
+
+    ``style="radiograph"`` draws the findings of :mod:`.lesions` instead (soft, lobulated
+    or calcified nodules, spiculated masses, infiltrates with air bronchograms, plate-like
+    and lobar atelectasis), scaled from the radiograph style's path units, each sharpened
+    a little as a vendor's edge enhancement would have (by a random amount, confined to its
+    box), and with the quantum noise the added attenuation brings where it was added
+    (noise grows as ``exp(path / 2)``; the image's own noise level is measured in its
+    lungs), instead of noise over the whole image. Its UIDs differ from the classic ones.
 
     The result is a DX For Presentation dataset (PS3.3 A.26) with the source's bit depth
     and polarity, Image Type DERIVED, and nothing of the source's patient or study:
@@ -220,10 +258,15 @@ def insert_findings(source: Dataset, seed: int, index: int, *,
     index = _check_int("index", index, 0, 999_999)
     if not isinstance(normal_fraction, int | float) or not 0 <= normal_fraction <= 1:
         raise ValueError(f"normal_fraction {normal_fraction!r} must be a number in [0, 1]")
+    if style not in STYLES:
+        raise ValueError(f'style "{style}" is not one of {", ".join(STYLES)}')
     atten = _attenuation(source)
     rows, cols = atten.shape
     spacing, spacing_given = _spacing_mm(source)
-    plan_seq, noise_seq = np.random.SeedSequence([seed, index]).spawn(2)
+    if style == CLASSIC:
+        plan_seq, noise_seq = np.random.SeedSequence([seed, index]).spawn(2)
+    else:
+        plan_seq, noise_seq, lesion_seq = np.random.SeedSequence([seed, index, 2]).spawn(3)
     rng = np.random.default_rng(plan_seq)
 
     factor = math.ceil(max(rows, cols) / _WORK_MAX_PX)
@@ -243,22 +286,36 @@ def insert_findings(source: Dataset, seed: int, index: int, *,
     hila = tuple((s * (m + 15), 0.45 * b) for s, m, b in zip(_SIDES, medial, base, strict=True))
     masks = _Masks(lungs, lungs, np.zeros(work.shape, bool))  # only .lungs is read
     placer = _Placer(rng, _Outline(frame, base, half, hila), masks)
-    effects = _place_findings(placer, _sample_labels(rng, normal_fraction))
+    if style == CLASSIC:
+        effects = _place_findings(placer, _sample_labels(rng, normal_fraction))
+    else:
+        effects = place_lesions(placer, _sample_labels(rng, normal_fraction),
+                                np.random.default_rng(lesion_seq))
 
     blurred = _smooth(work, 3 / mm)
     tissue = float(np.median(blurred[oy:max(b[1] for b in bounds), int(ox)]))
     lung_level = float(np.median(blurred[lungs[0] | lungs[1]]))
-    scale = max(tissue - lung_level, 0.05) / _LUNG_AIR  # phantom units -> this image's
+    # phantom units -> this image's
+    scale = max(tissue - lung_level, 0.05) / (_LUNG_AIR if style == CLASSIC else TYPICAL_AIR)
     air_left = np.clip(tissue - blurred, 0, None)
     delta = np.zeros(work.shape, np.float32)
     for effect in effects:
+        own = np.zeros(work.shape, np.float32)
         if effect.add is not None:
-            delta += scale * effect.add
+            own += scale * effect.add
         if effect.air is not None:
-            delta += effect.air * air_left
+            own += effect.air * air_left
+        if style == RADIOGRAPH:
+            own = _sharpened(own, effect.mask, mm, rng)
+        delta += own
     full = _resize(delta, (work.shape[0] * factor, work.shape[1] * factor))[:rows, :cols]
     noise = np.random.default_rng(noise_seq).standard_normal((rows, cols), dtype=np.float32)
-    new = np.clip(atten + full + _NOISE * noise, 0, 1)
+    if style == CLASSIC:
+        new = np.clip(atten + full + _NOISE * noise, 0, 1)
+    else:
+        sigma = _noise_level(atten, lungs, factor)
+        extra = sigma * np.sqrt(np.expm1(np.clip(full / scale, 0, 6)))
+        new = np.clip(atten + full + extra * noise, 0, 1)
     stored = 1 - new if source.PhotometricInterpretation == "MONOCHROME1" else new
     pixels = np.rint(stored * (2**source.BitsStored - 1)).astype(
         np.uint8 if source.BitsAllocated == 8 else np.uint16)
@@ -268,6 +325,9 @@ def insert_findings(source: Dataset, seed: int, index: int, *,
         return float(c0), float(r0), float(min(c1, cols)), float(min(r1, rows))
 
     patient_id, origin = f"INS{seed:04d}{index:06d}", source.get("SOPInstanceUID", "")
+    if style == RADIOGRAPH:
+        origin = f"{RADIOGRAPH}/{origin}"
+
     ds = dx_dataset(pixels, study_uid=_uid(seed, index, f"{origin}/study"),
                     series_uid=_uid(seed, index, f"{origin}/series"),
                     sop_instance_uid=_uid(seed, index, f"{origin}/instance"),
@@ -289,11 +349,13 @@ def insert_findings(source: Dataset, seed: int, index: int, *,
 
 
 def write_inserted_set(source_path: Path, out_dir: Path, count: int, seed: int, *,
-                       normal_fraction: float = 0.3) -> Path:
+                       normal_fraction: float = 0.3, style: str = CLASSIC) -> Path:
     """Write ``count`` cases of :func:`insert_findings` on one source file, as
     :func:`~model.phantom.synthesis.write_synthetic_set` does. Returns labels.csv's path."""
     count = _check_int("count", count, 1, 1_000_000)
+    if style not in STYLES:
+        raise ValueError(f'style "{style}" is not one of {", ".join(STYLES)}')
     source = pydicom.dcmread(source_path)
     return _write_cases(out_dir, (insert_findings(source, seed, index,
-                                                  normal_fraction=normal_fraction)
+                                                  normal_fraction=normal_fraction, style=style)
                                   for index in range(count)))

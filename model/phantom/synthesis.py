@@ -29,6 +29,8 @@ LABELS_HEADER = ("file", "patient_id", "study_uid", "sop_instance_uid", "rows", 
                  "label", "x1", "y1", "x2", "y2")
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cxr-node/model/phantom")
 _LUNG_AIR = 0.55   # attenuation a full-depth lung lacks compared with soft tissue
+CLASSIC, RADIOGRAPH = "classic", "radiograph"
+STYLES = (CLASSIC, RADIOGRAPH)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ def synthesize_case(
     size_range: tuple[int, int] = (1500, 3000),
     normal_fraction: float = 0.3,
     draw_findings: bool = True,
+    style: str = CLASSIC,
 ) -> SyntheticCase:
     """Case ``index`` of the synthetic set ``seed``: a DX dataset, its boxes and landmarks.
 
@@ -142,6 +145,12 @@ def synthesize_case(
     draw_findings
         ``False`` renders the same case (anatomy, acquisition, noise, boxes) without drawing
         the findings, so that a check can see what each finding changed.
+    style
+        ``"classic"`` (the default, byte for byte the images the bundled model was trained
+        on) or ``"radiograph"``: the look of a real chest film (:mod:`.radiograph`: physical
+        projection, scatter, Poisson noise, vendor processing, PA and AP geometry, devices,
+        findings with their textures), every step randomised per case. The two styles make
+        different images, UIDs and PatientIDs (``SYN`` and ``SYR``) from the same seed.
 
     Returns
     -------
@@ -158,6 +167,10 @@ def synthesize_case(
         raise ValueError(f"size_range {size_range} must satisfy 64 <= min <= max <= 65535")
     if not isinstance(normal_fraction, int | float) or not 0 <= normal_fraction <= 1:
         raise ValueError(f"normal_fraction {normal_fraction!r} must be a number in [0, 1]")
+    if style not in STYLES:
+        raise ValueError(f'style "{style}" is not one of {", ".join(STYLES)}')
+    if style == RADIOGRAPH:
+        return _radiograph_case(seed, index, tuple(size_range), normal_fraction, draw_findings)
 
     plan_seq, texture_seq, noise_seq = np.random.SeedSequence([seed, index]).spawn(3)
     rng = np.random.default_rng(plan_seq)
@@ -184,18 +197,41 @@ def synthesize_case(
     atten = tissue - _LUNG_AIR * air * keep_air + markings * keep_markings
     pixels = _expose(atten, acq, body.frame.mm, np.random.default_rng(noise_seq))
 
-    sx, sy = acq.columns / body.frame.shape[1], acq.rows / body.frame.shape[0]
+    return _case(seed, index, pixels, acq.photometric, acq.bits_stored, body.spacing_mm,
+                 body.frame.shape, effects, masks)
+
+
+def _radiograph_case(seed: int, index: int, size_range: tuple[int, int],
+                     normal_fraction: float, draw_findings: bool) -> SyntheticCase:
+    from model.phantom.radiograph import render_case  # imports this module
+
+    r = render_case(seed, index, size_range, normal_fraction, draw_findings)
+    return _case(seed, index, r.pixels, r.acquisition.photometric, r.acquisition.bits_stored,
+                 r.body.spacing_mm, r.body.frame.shape, r.effects, r.masks,
+                 view_position=r.acquisition.view, prefix="SYR", uid_kind=f"{RADIOGRAPH}/",
+                 burned_in=r.burned_in)
+
+
+def _case(seed: int, index: int, pixels: np.ndarray, photometric: str, bits_stored: int,
+          spacing_mm: float, grid: tuple[int, int], effects, masks, *,
+          view_position: str = "PA", prefix: str = "SYN", uid_kind: str = "",
+          burned_in: bool = False) -> SyntheticCase:
+    """The dataset, boxes (the effects' masks, working grid -> pixels) and landmarks."""
+    sx, sy = pixels.shape[1] / grid[1], pixels.shape[0] / grid[0]
 
     def out_box(mask):
         r0, r1, c0, c1 = _bounds(mask)
         return round(c0 * sx, 2), round(r0 * sy, 2), round(c1 * sx, 2), round(r1 * sy, 2)
 
-    patient_id = f"SYN{seed:04d}{index:06d}"
-    ds = dx_dataset(pixels, study_uid=_uid(seed, index, "study"),
-                    series_uid=_uid(seed, index, "series"),
-                    sop_instance_uid=_uid(seed, index, "instance"), patient_id=patient_id,
-                    patient_name=f"Synthetic^{patient_id}", photometric=acq.photometric,
-                    bits_stored=acq.bits_stored, pixel_spacing_mm=body.spacing_mm)
+    patient_id = f"{prefix}{seed:04d}{index:06d}"
+    ds = dx_dataset(pixels, study_uid=_uid(seed, index, f"{uid_kind}study"),
+                    series_uid=_uid(seed, index, f"{uid_kind}series"),
+                    sop_instance_uid=_uid(seed, index, f"{uid_kind}instance"),
+                    patient_id=patient_id, patient_name=f"Synthetic^{patient_id}",
+                    photometric=photometric, bits_stored=bits_stored,
+                    pixel_spacing_mm=spacing_mm, view_position=view_position)
+    if burned_in:
+        ds.BurnedInAnnotation = "YES"
     when = datetime.combine(date(2020, 1, 1) + timedelta(days=(seed * 7919 + index) % 1827),
                             datetime.min.time()) + timedelta(seconds=28800 + index % 36000)
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = when.strftime("%Y%m%d")
@@ -206,7 +242,7 @@ def synthesize_case(
 
     boxes = tuple(Box(e.label, *out_box(e.mask)) for e in effects)
     anatomy = Anatomy(out_box(masks.heart), out_box(masks.lungs[0]), out_box(masks.lungs[1]),
-                      body.spacing_mm)
+                      spacing_mm)
     return SyntheticCase(ds, boxes, anatomy)
 
 
@@ -219,14 +255,15 @@ def write_synthetic_set(out_dir: Path, count: int, seed: int, workers: int = 1,
 
     labels.csv has one row per box and one row with empty label and coordinates for a
     normal image; ``file`` is relative to ``out_dir``. ``options`` go to
-    :func:`synthesize_case` (``size_range``, ``normal_fraction``). Returns labels.csv's path.
+    :func:`synthesize_case` (``size_range``, ``normal_fraction``, ``style``). Returns
+    labels.csv's path.
     Each case depends only on (seed, index), so ``workers`` processes drawing the cases
     write the same files as one: the GPU machine's 16 cores make 2000 in a minute or two.
     """
-    unknown = set(options) - {"size_range", "normal_fraction"}
+    unknown = set(options) - {"size_range", "normal_fraction", "style"}
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}: expected size_range, "
-                        f"normal_fraction")
+                        f"normal_fraction, style")
     count = _check_int("count", count, 1, 1_000_000)
     workers = _check_int("workers", workers, 1, 256)
     draw = partial(synthesize_case, seed, **options)

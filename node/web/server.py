@@ -69,6 +69,7 @@ class WebServer:
         tls = self.web.tls
         config = uvicorn.Config(
             self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+            http="httptools",
             ssl_certfile=str(tls.certificate) if tls.enabled else None,
             ssl_keyfile=str(tls.private_key) if tls.enabled else None,
             timeout_graceful_shutdown=2)

@@ -9,7 +9,10 @@ rows and study completion. The answer goes back only once every part has been st
 refused; a refused part carries the status a C-STORE would get as its Failure Reason.
 
 The body is read with a deadline for each chunk and a bound on all it holds: the
-parser's buffer, 1 MiB of a part waiting for its write, the parts of a request. A part
+parser's buffer, 1 MiB of a part waiting for its write, the parts of a request. Reading
+overlaps the disk: while one batch of a part is written, the next is received, and while
+one part is made durable and registered, the next is received and written (one of each in
+flight, in order, so memory stays bounded and the answer lists the parts in order). A part
 over ``dicom.max_instance_bytes`` is refused as it crosses that bound and the rest of the
 request is not read (the connection is closed after the answer). Disk writes, the fsync
 and the commit run in Starlette's thread pool, never on the event loop.
@@ -103,10 +106,20 @@ class _Part:
     def over_bound(self) -> bool:
         return self.incoming is not None and self.size > self.incoming.max_bytes
 
+    def take(self) -> bytearray:
+        """The bytes not yet written; the part starts a new buffer for what follows."""
+        data, self.pending = self.pending, bytearray()
+        return data
+
     def flush(self) -> None:
-        if self.incoming is not None and self.pending:
-            self.incoming.write(self.pending)
-        self.pending.clear()
+        data = self.take()
+        if self.incoming is not None and data:
+            self.incoming.write(data)
+
+
+def _wrong_type(headers: dict[str, str]) -> bool:
+    """A part that is not application/dicom (refused by its headers, its bytes dropped)."""
+    return media_type(headers.get("content-type", PART_TYPE))[0] != PART_TYPE
 
 
 def _acceptable(accept: str | None) -> bool:
@@ -237,6 +250,21 @@ class StowService:
         parser = MultipartParser(boundary, limits.max_part_header_bytes, limits.max_parts)
         part: _Part | None = None
         received = 0
+        writing: asyncio.Future | None = None  # the current part's last batch going to disk
+        storing: asyncio.Future | None = None  # the previous part being stored
+
+        async def written() -> None:
+            nonlocal writing
+            if writing is not None:
+                batch, writing = writing, None
+                await batch
+
+        async def stored() -> None:
+            nonlocal storing
+            if storing is not None:
+                previous, storing = storing, None
+                stow.results.append(await previous)
+
         try:
             while True:
                 message = await self._receive(request)
@@ -249,6 +277,8 @@ class StowService:
                                 f"({limits.max_request_bytes})")
                 for event in parser.feed(chunk):
                     if isinstance(event, PartStart):
+                        if _wrong_type(event.headers):
+                            await stored()  # its result first: the answer keeps part order
                         part = await self._open(event.headers, parser.parts, stow)
                     elif isinstance(event, PartData):
                         if part.incoming is None:
@@ -256,40 +286,57 @@ class StowService:
                         part.pending += event.data
                         if part.over_bound:
                             # Refused now (0xA700, as a C-STORE), not after the rest arrives.
+                            await written()
+                            await stored()
                             done, part = part, None
                             stow.results.append(await run_in_threadpool(self._store, done, stow))
                             raise _Stop(_PARTS_DECIDE, "a part exceeded the instance size "
                                         "bound; the rest of the request was not read")
                         if len(part.pending) >= WRITE_BATCH_BYTES:
-                            await run_in_threadpool(part.flush)
+                            await written()
+                            writing = asyncio.ensure_future(
+                                run_in_threadpool(part.incoming.write, part.take()))
                     else:
                         done, part = part, None
                         if done.incoming is not None:
-                            stow.results.append(await run_in_threadpool(self._store, done, stow))
+                            await written()
+                            await stored()
+                            storing = asyncio.ensure_future(
+                                run_in_threadpool(self._store, done, stow))
                 if not message.get("more_body", False):
                     parser.close()
+                    await stored()
                     return None
         except MultipartLimit as exc:
+            await stored()
             return _Stop(413, str(exc))
         except MultipartError as exc:
+            await stored()
             return _Stop(400, f"not a valid multipart/related body: {exc}")
         except _Stop as stop:
+            await stored()
             return stop
         finally:
             if part is not None and part.incoming is not None:
-                part.incoming.discard()  # close and unlink: no thread hop, safe when cancelled
+                # Close and unlink (no thread hop, safe when cancelled), after a write still
+                # going to that file has ended.
+                if writing is not None and not writing.done():
+                    writing.add_done_callback(lambda _, f=part.incoming: f.discard())
+                else:
+                    part.incoming.discard()
 
     async def _receive(self, request: Request) -> dict:
         timeout = self.settings.dicomweb.read_timeout_seconds
         try:
-            return await asyncio.wait_for(request.receive(), timeout)
+            async with asyncio.timeout(timeout):  # no task per chunk, as wait_for makes
+                return await request.receive()
         except TimeoutError:
             raise _Stop(408, f"no bytes of the body for {timeout:g} s "
                         "(dicomweb.read_timeout_seconds)") from None
 
     async def _open(self, headers: dict[str, str], number: int, stow: _Request) -> _Part:
         given = headers.get("content-type", PART_TYPE)
-        if media_type(given)[0] != PART_TYPE:
+        if _wrong_type(headers):
             result = StoreResult(StoreStatus.CANNOT_UNDERSTAND,
                                  f"part {number} is {given[:60]!r}, not {PART_TYPE}")
             await run_in_threadpool(self._audit_part_refused, result, stow)

@@ -205,5 +205,27 @@ def test_created_object_attributes_are_all_in_the_statement(statement, objects, 
         assert not [keyword_for_tag(e.tag) for e in ds if e.tag.is_private]
 
 
-def test_dicomweb_section_is_there_to_be_completed(statement):
-    assert block(statement, "dicomweb").strip(), "section 4.5 DICOMweb is empty"
+def test_dicomweb_resources_are_the_routes_the_web_service_serves(statement, tmp_path):
+    """Table 4.5-1 against the app ``cxr-node serve`` builds: every /dicomweb route and
+    method, and only them."""
+    from node.metrics import NodeMetrics
+    from node.web.app import build_app
+    from node.web.auth import Accounts
+    from node.web.dicomweb.stow import StowService
+    from node.web.health import Readiness
+    from storage.db import Database
+
+    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}})
+    db = Database.connect(settings.storage.resolved_database_url())
+    try:
+        app = build_app(settings, Readiness(), NodeMetrics(), "serve", Accounts(settings, db),
+                        stow=StowService(settings, db, None, None, None))
+    finally:
+        db.dispose()
+    served = {(method, route.path) for route in app.routes
+              if route.path.startswith("/dicomweb") for method in route.methods - {"HEAD"}}
+    listed = {(backticked(row[0])[0], backticked(row[1])[0])
+              for row in table_rows(block(statement, "dicomweb-resources"))}
+
+    assert listed == served, (f"served, not in Table 4.5-1: {sorted(served - listed)}; "
+                              f"listed, not served: {sorted(listed - served)}")

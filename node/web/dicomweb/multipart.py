@@ -218,11 +218,11 @@ class MultipartParser:
             keep = len(self._delimiter) - 1
             if len(self._buffer) > keep:
                 cut = len(self._buffer) - keep
-                events.append(PartData(bytes(self._buffer[:cut])))
+                events.append(PartData(bytes(memoryview(self._buffer)[:cut])))  # one copy
                 del self._buffer[:cut]
             return False
         if found:
-            events.append(PartData(bytes(self._buffer[:found])))
+            events.append(PartData(bytes(memoryview(self._buffer)[:found])))
         events.append(PartEnd())
         del self._buffer[:found + len(self._delimiter)]
         self._state = _State.AFTER_BOUNDARY

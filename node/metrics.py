@@ -84,6 +84,15 @@ class NodeMetrics:
         for outcome in ("done", "retried", "failed", "taken-over"):
             self.jobs.labels(outcome=outcome)
 
+    def store_answered(self, status: int, size: int, seconds: float) -> None:
+        """One instance answered, over C-STORE or STOW-RS: counted the same either way."""
+        if status == 0:
+            self.instances_received.inc()
+            self.received_bytes.inc(size)
+        else:
+            self.instances_refused.labels(status=f"0x{status:04X}").inc()
+        self.store_seconds.observe(seconds)
+
     def model_loaded(self, name: str, version: str) -> None:
         """Set the active model info metric (``cxr_node_model_info{name,version} 1``)."""
         if self._model is None:

@@ -37,6 +37,7 @@ from sqlalchemy import Connection, Engine, MetaData, make_url, select
 from sqlalchemy.exc import DBAPIError
 
 from config.settings import StorageSettings
+from storage.files import fsync_directory
 
 FORMAT = "cxr-node-backup/1"
 MANIFEST = "manifest.json"
@@ -334,7 +335,7 @@ def write_backup(engine: Engine, storage: StorageSettings, out: Path,
                 raw.flush()
                 os.fsync(raw.fileno())
             os.replace(partial, out)
-            _fsync_directory(out.parent)
+            fsync_directory(out.parent)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -344,10 +345,3 @@ def write_backup(engine: Engine, storage: StorageSettings, out: Path,
     summary.seconds = time.monotonic() - started
     return summary
 
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

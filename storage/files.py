@@ -54,7 +54,7 @@ def _load_sync_file_range():  # noqa: ANN202 - a ctypes function or None
 _sync_file_range = _load_sync_file_range()
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -180,7 +180,7 @@ class DicomFileStore:
         incoming.make_durable()
         self._make_directories(target.parent)
         os.replace(incoming.path, target)
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
         return target
 
     def _make_directories(self, directory: Path) -> None:
@@ -194,4 +194,4 @@ class DicomFileStore:
             except OSError as exc:
                 if exc.errno != errno.EEXIST:
                     raise
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)

@@ -303,12 +303,8 @@ class Listener:
             ),
             dimse.held_studies,
         )
-        if result.status == StoreStatus.SUCCESS:
-            self.metrics.instances_received.inc()
-            self.metrics.received_bytes.inc(incoming.size)
-        else:
-            self.metrics.instances_refused.labels(status=f"0x{result.status:04X}").inc()
-        self.metrics.store_seconds.observe(time.perf_counter() - started)
+        self.metrics.store_answered(int(result.status), incoming.size,
+                                    time.perf_counter() - started)
         status = Dataset()
         status.Status = int(result.status)
         if result.status != StoreStatus.SUCCESS:

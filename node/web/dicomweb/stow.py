@@ -367,12 +367,8 @@ class StowService:
             incoming.discard()
             result = StoreResult(StoreStatus.PROCESSING_FAILURE,
                                  "processing failure on the node; retry")
-        if result.status == StoreStatus.SUCCESS:
-            self.metrics.instances_received.inc()
-            self.metrics.received_bytes.inc(incoming.size)
-        else:
-            self.metrics.instances_refused.labels(status=f"0x{result.status:04X}").inc()
-        self.metrics.store_seconds.observe(time.perf_counter() - started)
+        self.metrics.store_answered(int(result.status), incoming.size,
+                                    time.perf_counter() - started)
         return result
 
     # -- the answer and the audit trail ------------------------------------------------

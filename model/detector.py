@@ -3,7 +3,8 @@
 effdet provides the network; post-processing is ours and batched. effdet's own
 ``DetBenchPredict`` decodes and runs NMS one image at a time, which limits a GPU to a few
 hundred images per second; here top-k, box decoding and NMS run once for the whole batch
-(NMS with the image and class folded into a coordinate offset). Weights come from a local
+(NMS with the image and class folded into a coordinate offset), and when thresholds apply
+only candidates above the card's lowest threshold reach NMS. Weights come from a local
 file only: the network is created with ``pretrained=False, pretrained_backbone=False``,
 which never reaches for a hub, and a backbone starts from a local file at most
 (:func:`load_backbone`).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,21 @@ from model.vocabulary import Finding
 MAX_CANDIDATES = 1000
 MAX_DETECTIONS = 100
 NMS_IOU = 0.5
+
+
+def score_floor(thresholds: Iterable[float]) -> float:
+    """The largest float32 not above the lowest threshold.
+
+    Post-processing compares float32 scores on the device; the per-finding thresholds are
+    applied afterwards on the host in float64, as always. A candidate dropped on the
+    device is then below every threshold in float64 too, so dropping it early changes
+    nothing that the thresholds let through.
+    """
+    lowest = min(thresholds)
+    floor = np.float32(lowest)
+    if float(floor) > lowest:
+        floor = np.nextafter(floor, np.float32(-np.inf))
+    return float(floor)
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,12 @@ class BatchedPostProcess(torch.nn.Module):
 
     Returns ``(batch, MAX_DETECTIONS, 6)`` rows of x1, y1, x2, y2, score, class (0-based),
     in model-input pixels; unused rows have score 0.
+
+    ``min_score``: candidates scoring below it are dropped before NMS (thresholds first).
+    NMS keeps a box unless a better-scoring kept box of its image and class overlaps it, so
+    dropping worse-scoring boxes changes no decision about those that remain; the rows at
+    or above ``min_score`` are then exactly those of ``min_score=0``, in the same order,
+    while NMS sees hundreds of boxes instead of a thousand per image.
     """
 
     def __init__(self, network: torch.nn.Module) -> None:
@@ -127,7 +149,8 @@ class BatchedPostProcess(torch.nn.Module):
         self.image_size = float(max(config.image_size))
         self.register_buffer("anchors", Anchors.from_config(config).boxes, persistent=False)
 
-    def forward(self, class_out: list[torch.Tensor], box_out: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, class_out: list[torch.Tensor], box_out: list[torch.Tensor],
+                min_score: float = 0.0) -> torch.Tensor:
         batch = class_out[0].shape[0]
         logits = torch.cat([c.permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes)
                             for c in class_out[: self.num_levels]], 1)
@@ -146,7 +169,12 @@ class BatchedPostProcess(torch.nn.Module):
         # One NMS call for all images and classes: shift each (image, class) group apart.
         group = torch.arange(batch, device=boxes.device).unsqueeze(1) * self.num_classes + classes
         offset = (group.to(boxes.dtype) * (self.image_size + 1)).unsqueeze(2)
-        keep = nms((boxes + offset).reshape(-1, 4), scores.reshape(-1), NMS_IOU)
+        shifted, flat_scores = (boxes + offset).reshape(-1, 4), scores.reshape(-1)
+        if min_score > 0:
+            candidates = torch.nonzero(flat_scores >= min_score).squeeze(1)
+            keep = candidates[nms(shifted[candidates], flat_scores[candidates], NMS_IOU)]
+        else:
+            keep = nms(shifted, flat_scores, NMS_IOU)
         image_of = keep // k
         # Group by image keeping the score order (stable sort), then rank within each image.
         order = torch.argsort(image_of, stable=True)
@@ -156,7 +184,7 @@ class BatchedPostProcess(torch.nn.Module):
         chosen = rank < MAX_DETECTIONS
         keep, image_of, rank = keep[chosen], image_of[chosen], rank[chosen]
         out = torch.zeros(batch, MAX_DETECTIONS, 6, device=boxes.device)
-        flat_boxes, flat_scores = boxes.reshape(-1, 4), scores.reshape(-1)
+        flat_boxes = boxes.reshape(-1, 4)
         out[image_of, rank, :4] = flat_boxes[keep]
         out[image_of, rank, 4] = flat_scores[keep]
         out[image_of, rank, 5] = classes.reshape(-1)[keep].to(out.dtype)
@@ -188,6 +216,7 @@ class Detector:
         self.post_process = BatchedPostProcess(network).to(self.device)
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
+        self.score_floor = score_floor(card.thresholds.values())
 
     @classmethod
     def load(cls, model_dir: Path, device: torch.device | str | None = None) -> Detector:
@@ -205,14 +234,18 @@ class Detector:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def raw_detections(self, batch: torch.Tensor) -> torch.Tensor:
-        """Network and post-processing on a prepared (N, 3, S, S) batch -> (N, 100, 6)."""
+    def raw_detections(self, batch: torch.Tensor, min_score: float = 0.0) -> torch.Tensor:
+        """Network and post-processing on a prepared (N, 3, S, S) batch -> (N, 100, 6).
+
+        ``min_score`` > 0: candidates below it are dropped before NMS (thresholds first).
+        """
         batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             class_out, box_out = self.network(batch)
-        return self.post_process([c.float() for c in class_out], [b.float() for b in box_out])
+        return self.post_process([c.float() for c in class_out], [b.float() for b in box_out],
+                                 min_score)
 
     def predict_images(self, images: Sequence[np.ndarray], letterboxes: Sequence[Letterbox],
                        apply_thresholds: bool = True,
@@ -222,8 +255,10 @@ class Detector:
             raise ValueError(f"{len(images)} images but {len(letterboxes)} letterboxes")
         if not images:
             return []
+        min_score = self.score_floor if apply_thresholds else 0.0
         rows = np.concatenate([
-            self.raw_detections(to_tensor(list(images[start:start + batch_size]))).cpu().numpy()
+            self.raw_detections(to_tensor(list(images[start:start + batch_size])),
+                                min_score).cpu().numpy()
             for start in range(0, len(images), batch_size)])
         results = []
         for per_image, letterbox in zip(rows, letterboxes, strict=True):

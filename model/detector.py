@@ -4,9 +4,10 @@ effdet provides the network; post-processing is ours and batched. effdet's own
 ``DetBenchPredict`` decodes and runs NMS one image at a time, which limits a GPU to a few
 hundred images per second; here top-k, box decoding and NMS run once for the whole batch
 (NMS with the image and class folded into a coordinate offset), and when thresholds apply
-only candidates above the card's lowest threshold reach NMS. Weights come from a local
-file only: the network is created with ``pretrained=False, pretrained_backbone=False``,
-which never reaches for a hub, and a backbone starts from a local file at most
+only candidates above the card's lowest threshold reach NMS. On CUDA images are
+preprocessed on the device (:mod:`model.preprocess_torch`). Weights come from a local file
+only: the network is created with ``pretrained=False, pretrained_backbone=False``, which
+never reaches for a hub, and a backbone starts from a local file at most
 (:func:`load_backbone`).
 """
 
@@ -16,6 +17,7 @@ import contextlib
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +32,28 @@ with warnings.catch_warnings():
     from effdet.anchors import Anchors, decode_box_outputs
 
 from model.card import ModelCard
-from model.preprocess import Letterbox, PreprocessConfig, preprocess, to_tensor
+from model.preprocess import Letterbox, PreprocessConfig, UnsupportedImage, normalise, preprocess
+from model.preprocess_torch import (
+    DeviceFeed,
+    HostImage,
+    PreparedImage,
+    display_batch,
+    stored_image,
+    unusable,
+)
 from model.vocabulary import Finding
 
 # Candidates kept per image before NMS, and detections kept after it.
 MAX_CANDIDATES = 1000
 MAX_DETECTIONS = 100
 NMS_IOU = 0.5
+
+
+class Preprocessing(StrEnum):
+    """Where a dataset becomes model input."""
+
+    NUMPY = "numpy"  # on the host (model.preprocess): the reference, and the CPU default
+    TORCH = "torch"  # decoded pixels to the device (model.preprocess_torch): the CUDA default
 
 
 def score_floor(thresholds: Iterable[float]) -> float:
@@ -205,74 +222,134 @@ def rows_to_original(rows: np.ndarray, letterbox: Letterbox) -> list[tuple[np.nd
 
 
 class Detector:
-    """A loaded model: datasets in, detections in original pixel coordinates out."""
+    """A loaded model: datasets in, detections in original pixel coordinates out.
+
+    ``preprocessing`` chooses where datasets become model input (:class:`Preprocessing`;
+    default: on the device for CUDA, with numpy on the host for the CPU). Every path goes
+    through :meth:`prepare` (host: decode, and pin for CUDA) and :meth:`predict_prepared`
+    (device: copy, preprocess, network, post-processing, batch by batch).
+    """
 
     def __init__(self, card: ModelCard, network: torch.nn.Module,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None,
+                 preprocessing: Preprocessing | str | None = None) -> None:
         self.card = card
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.preprocess_config = PreprocessConfig.from_dict(card.preprocessing)
+        if preprocessing is None:
+            preprocessing = Preprocessing.TORCH if self.device.type == "cuda" \
+                else Preprocessing.NUMPY
+        try:
+            self.preprocessing = Preprocessing(preprocessing)
+        except ValueError:
+            raise ValueError(f'preprocessing "{preprocessing}" is not one of '
+                             f"{[p.value for p in Preprocessing]}") from None
         self.network = network.eval().to(self.device)
         self.post_process = BatchedPostProcess(network).to(self.device)
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
         self.score_floor = score_floor(card.thresholds.values())
+        self.feed = DeviceFeed(self.device)
 
     @classmethod
-    def load(cls, model_dir: Path, device: torch.device | str | None = None) -> Detector:
+    def load(cls, model_dir: Path, device: torch.device | str | None = None,
+             preprocessing: Preprocessing | str | None = None) -> Detector:
         """Load the card and its weights from ``model_dir`` (a local folder; no download)."""
         card = ModelCard.load(model_dir)
         network = create_network(card)
         state = torch.load(Path(model_dir) / card.weights_file, map_location="cpu",
                            weights_only=True)
         network.load_state_dict(state)
-        return cls(card, network, device)
+        return cls(card, network, device, preprocessing)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _network_outputs(self, batch: torch.Tensor) -> tuple[list[torch.Tensor],
+                                                             list[torch.Tensor]]:
+        """The network on an (N, 3, S, S) batch already on the device."""
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return self.network(batch)
+
     @torch.inference_mode()
     def raw_detections(self, batch: torch.Tensor, min_score: float = 0.0) -> torch.Tensor:
-        """Network and post-processing on a prepared (N, 3, S, S) batch -> (N, 100, 6).
+        """Network and post-processing on a normalised (N, 3, S, S) batch -> (N, 100, 6).
 
         ``min_score`` > 0: candidates below it are dropped before NMS (thresholds first).
         """
         batch = batch.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            class_out, box_out = self.network(batch)
+        class_out, box_out = self._network_outputs(batch)
         return self.post_process([c.float() for c in class_out], [b.float() for b in box_out],
                                  min_score)
+
+    def prepare(self, ds) -> PreparedImage:  # noqa: ANN001 - a pydicom Dataset
+        """The host's part for one dataset (decode; pinned for CUDA); ``UnsupportedImage``
+        for pixels the model must not see."""
+        pin = self.device.type == "cuda"
+        if self.preprocessing is Preprocessing.TORCH:
+            return stored_image(ds, self.preprocess_config, pin=pin)
+        image, letterbox = preprocess(ds, self.preprocess_config)
+        return HostImage.from_numpy(image, letterbox, pin=pin)
+
+    def predict_prepared(self, prepared: Sequence[PreparedImage], apply_thresholds: bool = True,
+                         batch_size: int = 16) -> list[list[Detection] | UnsupportedImage]:
+        """Detections per prepared image, or the ``UnsupportedImage`` that refuses it (only
+        the torch path finds an image without contrast here, on the device).
+
+        The next batch's copies are started before this batch computes (:class:`DeviceFeed`).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        batches = [prepared[start:start + batch_size]
+                   for start in range(0, len(prepared), batch_size)]
+        min_score = self.score_floor if apply_thresholds else 0.0
+        results: list[list[Detection] | UnsupportedImage] = []
+        upcoming = self.feed.send(batches[0]) if batches else None
+        for index, batch in enumerate(batches):
+            current = upcoming
+            upcoming = self.feed.send(batches[index + 1]) if index + 1 < len(batches) else None
+            with torch.inference_mode():
+                images, bounds = display_batch(self.feed.receive(current),
+                                               self.preprocess_config)
+                rows = self.raw_detections(normalise(images), min_score)
+                rows, bounds = rows.cpu().numpy(), bounds.cpu().numpy()
+            for per_image, item, refusal in zip(rows, batch, unusable(bounds), strict=True):
+                results.append(refusal if refusal is not None else
+                               self._detections(per_image, item.letterbox, apply_thresholds))
+        return results
+
+    def _detections(self, rows: np.ndarray, letterbox: Letterbox,
+                    apply_thresholds: bool) -> list[Detection]:
+        detections = []
+        for box, score, cls in rows_to_original(rows, letterbox):
+            finding = self.card.findings[cls]
+            if apply_thresholds and score < self.card.thresholds[finding.label]:
+                continue
+            detections.append(Detection(finding, score, tuple(float(v) for v in box)))
+        return detections
 
     def predict_images(self, images: Sequence[np.ndarray], letterboxes: Sequence[Letterbox],
                        apply_thresholds: bool = True,
                        batch_size: int = 16) -> list[list[Detection]]:
-        """Detections for preprocessed images, mapped back through their letterboxes."""
+        """Detections for images the numpy path made, mapped back through their letterboxes."""
         if len(images) != len(letterboxes):
             raise ValueError(f"{len(images)} images but {len(letterboxes)} letterboxes")
-        if not images:
-            return []
-        min_score = self.score_floor if apply_thresholds else 0.0
-        rows = np.concatenate([
-            self.raw_detections(to_tensor(list(images[start:start + batch_size])),
-                                min_score).cpu().numpy()
-            for start in range(0, len(images), batch_size)])
-        results = []
-        for per_image, letterbox in zip(rows, letterboxes, strict=True):
-            detections = []
-            for box, score, cls in rows_to_original(per_image, letterbox):
-                finding = self.card.findings[cls]
-                if apply_thresholds and score < self.card.thresholds[finding.label]:
-                    continue
-                detections.append(Detection(finding, score, tuple(float(v) for v in box)))
-            results.append(detections)
-        return results
+        shapes = sorted({np.shape(image) for image in images})
+        size = self.card.image_size
+        if shapes and shapes != [(size, size)]:
+            raise ValueError(f"images must be {size} x {size}, got shapes {shapes}")
+        prepared = [HostImage.from_numpy(image, letterbox)
+                    for image, letterbox in zip(images, letterboxes, strict=True)]
+        return self.predict_prepared(prepared, apply_thresholds, batch_size)  # type: ignore[return-value]
 
     def predict(self, datasets: Sequence, apply_thresholds: bool = True) -> list[list[Detection]]:
         """Detections for DICOM datasets; raises ``UnsupportedImage`` for unusable ones."""
-        prepared = [preprocess(ds, self.preprocess_config) for ds in datasets]
-        return self.predict_images([p[0] for p in prepared], [p[1] for p in prepared],
-                                   apply_thresholds)
+        results = self.predict_prepared([self.prepare(ds) for ds in datasets], apply_thresholds)
+        for result in results:
+            if isinstance(result, UnsupportedImage):
+                raise result
+        return results  # type: ignore[return-value]

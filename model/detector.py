@@ -4,16 +4,18 @@ effdet provides the network; post-processing is ours and batched. effdet's own
 ``DetBenchPredict`` decodes and runs NMS one image at a time, which limits a GPU to a few
 hundred images per second; here top-k, box decoding and NMS run once for the whole batch
 (NMS with the image and class folded into a coordinate offset), and when thresholds apply
-only candidates above the card's lowest threshold reach NMS. On CUDA images are
-preprocessed on the device (:mod:`model.preprocess_torch`). Weights come from a local file
-only: the network is created with ``pretrained=False, pretrained_backbone=False``, which
-never reaches for a hub, and a backbone starts from a local file at most
-(:func:`load_backbone`).
+only candidates above the card's lowest threshold reach NMS. On CUDA the network can be
+compiled (:meth:`Detector.compile`) and images are preprocessed on the device
+(:mod:`model.preprocess_torch`). Weights come from a local file only: the network is
+created with ``pretrained=False, pretrained_backbone=False``, which never reaches for a
+hub, and a backbone starts from a local file at most (:func:`load_backbone`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ from model.preprocess_torch import (
     unusable,
 )
 from model.vocabulary import Finding
+
+LOGGER = logging.getLogger("cxr_node.model")
 
 # Candidates kept per image before NMS, and detections kept after it.
 MAX_CANDIDATES = 1000
@@ -250,6 +254,9 @@ class Detector:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.score_floor = score_floor(card.thresholds.values())
         self.feed = DeviceFeed(self.device)
+        # Set by compile(): the compiled network and the batch sizes it was built for.
+        self._compiled: torch.nn.Module | None = None
+        self.compiled_batch_sizes: tuple[int, ...] = ()
 
     @classmethod
     def load(cls, model_dir: Path, device: torch.device | str | None = None,
@@ -262,6 +269,57 @@ class Detector:
         network.load_state_dict(state)
         return cls(card, network, device, preprocessing)
 
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def compile(self, batch_sizes: Sequence[int], backend: str = "inductor") -> bool:
+        """Compile the network with ``torch.compile`` and build it for each batch size now.
+
+        The shapes are static (``dynamic=False``: the fastest kernels, and no compilation
+        later): a batch is padded with blank images up to the next size compiled, and one
+        larger than all of them runs in slices of the largest. Running each size once here,
+        with the post-processing, is the warm-up that keeps the first study from waiting
+        on a compiler. Returns False, with the network left eager and the reason logged,
+        when compilation fails.
+        """
+        sizes = tuple(sorted({int(size) for size in batch_sizes}))
+        if not sizes or sizes[0] < 1:
+            raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
+        started = time.perf_counter()
+        self._compiled = torch.compile(self.network, backend=backend, dynamic=False)
+        self.compiled_batch_sizes = sizes
+        try:
+            for size in sizes:
+                with torch.inference_mode():
+                    blank = torch.zeros(size, 3, self.card.image_size, self.card.image_size,
+                                        device=self.device)
+                    self.raw_detections(blank)
+                    self._synchronise()
+        except Exception as exc:  # noqa: BLE001 - any failure here means: run eager
+            self._fall_back(exc)
+            return False
+        if self._compiled is None:  # raw_detections fell back already
+            return False
+        LOGGER.info("network compiled (torch.compile, %s) for batch sizes %s on %s in %.1f s",
+                    backend, ", ".join(map(str, sizes)), self.device,
+                    time.perf_counter() - started)
+        return True
+
+    def _fall_back(self, exc: BaseException) -> None:
+        cause = exc  # dynamo wraps the compiler's own error: name that one
+        while (inner := getattr(cause, "inner_exception", None) or cause.__cause__) is not None:
+            cause = inner
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        LOGGER.warning("torch.compile failed, the network runs eager: %s: %s",
+                       type(cause).__name__, reason)
+        LOGGER.debug("torch.compile failure", exc_info=exc)
+        self._compiled, self.compiled_batch_sizes = None, ()
+
+    def _synchronise(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -269,7 +327,30 @@ class Detector:
 
     def _network_outputs(self, batch: torch.Tensor) -> tuple[list[torch.Tensor],
                                                              list[torch.Tensor]]:
-        """The network on an (N, 3, S, S) batch already on the device."""
+        """The network (compiled when it is) on an (N, 3, S, S) batch already on the device."""
+        count = batch.shape[0]
+        if self._compiled is not None:
+            largest = self.compiled_batch_sizes[-1]
+            if count > largest:
+                parts = [self._network_outputs(part) for part in batch.split(largest)]
+                return ([torch.cat(level) for level in zip(*(p[0] for p in parts), strict=True)],
+                        [torch.cat(level) for level in zip(*(p[1] for p in parts), strict=True)])
+            size = next(s for s in self.compiled_batch_sizes if s >= count)
+            padded = batch
+            if size > count:
+                padded = torch.cat([batch, batch.new_zeros(size - count, *batch.shape[1:])])
+            if not padded.is_inference():
+                # A compiled graph is guarded on how its input was made; a tensor made
+                # outside inference mode would build another graph.
+                padded = padded.clone()
+            if self.device.type == "cuda":
+                padded = padded.contiguous(memory_format=torch.channels_last)
+            try:
+                with self._autocast():
+                    class_out, box_out = self._compiled(padded)
+                return [c[:count] for c in class_out], [b[:count] for b in box_out]
+            except torch._dynamo.exc.TorchDynamoException as exc:  # compiling a new graph
+                self._fall_back(exc)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         with self._autocast():

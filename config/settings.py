@@ -189,6 +189,9 @@ class WorkerSettings(_Section):
     # 8 on a GPU, 1 on the CPU (where a batch costs as much per image and delays the first).
     max_jobs_per_batch: int | None = Field(default=None, ge=1, le=256)
     images_per_batch: int = Field(default=16, ge=1, le=512)
+    # torch.compile the network at start, for batches of 1 and images_per_batch (eager,
+    # logged, if compilation fails). Empty: on for CUDA, off for the CPU.
+    compile: bool | None = None
     # A job that failed this many times is marked failed and audited.
     max_attempts: int = Field(default=3, ge=1, le=100)
     # Send a short SR "not analysed: <reason>" for studies the gate skipped.

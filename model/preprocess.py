@@ -211,6 +211,19 @@ def _apply_voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
         raise UnsupportedImage(f"VOI LUT Module (VOILUTSequence/WindowWidth): {exc}") from exc
 
 
+def stored_pixels(ds: Dataset) -> np.ndarray:
+    """The decoded stored values of one grey-scale frame, checked before decoding."""
+    check_supported(ds)
+    return _decode(ds)
+
+
+def display_values(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values -> display values (float64): modality LUT or rescale, then VOI LUT
+    Sequence or window. Element by element, so the torch path applies it to a table of
+    every possible stored value and gets exactly these numbers."""
+    return _apply_voi(apply_modality_lut(stored, ds), ds).astype(np.float64)
+
+
 def pixels_for_display(ds: Dataset, config: PreprocessConfig | None = None) -> np.ndarray:
     """Decoded pixels as a radiologist would see them: float32, 0 black, 1 white.
 
@@ -225,38 +238,48 @@ def pixels_for_display(ds: Dataset, config: PreprocessConfig | None = None) -> n
         When the dataset is not one decodable grey-scale frame, or has no contrast.
     """
     config = PreprocessConfig() if config is None else config
-    check_supported(ds)
-    values = _apply_voi(apply_modality_lut(_decode(ds), ds), ds).astype(np.float64)
+    values = display_values(stored_pixels(ds), ds)
     low, high = np.percentile(values, [config.low_percentile, config.high_percentile])
     if not high > low:
-        raise UnsupportedImage(f"PixelData has no contrast: percentiles give {low} to {high}")
+        raise no_contrast(low, high)
     display = (np.clip(values, low, high) - low) / (high - low)
     if ds.PhotometricInterpretation == Photometric.MONOCHROME1:
         display = 1.0 - display
     return display.astype(np.float32)
 
 
-def preprocess(ds: Dataset, config: PreprocessConfig) -> tuple[np.ndarray, Letterbox]:
-    """One dataset -> (image_size, image_size) float32 in [0, 1], and its geometry.
+def no_contrast(low: float, high: float) -> UnsupportedImage:
+    return UnsupportedImage(f"PixelData has no contrast: percentiles give {low} to {high}")
+
+
+def resize_to_letterbox(display: torch.Tensor, box: Letterbox) -> torch.Tensor:
+    """(rows, columns) float32 display values -> the letterbox's resized content, on the
+    tensor's own device (the numpy and the torch path share this very call).
 
     The resize uses the letterbox's exact scale (not one recomputed from rounded sizes), so
     ``Letterbox.to_model`` is where content lands to float precision; antialiasing keeps fine
     texture from aliasing when a 3000-pixel plate shrinks to 512.
     """
-    if not isinstance(config, PreprocessConfig):
-        raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
-    display = pixels_for_display(ds, config)
-    box = Letterbox.fit(*display.shape, image_size=config.image_size)
-    content = torch.from_numpy(display)[None, None]
+    content = display[None, None]
     if box.scale != 1.0:
         content = functional.interpolate(
             content, scale_factor=box.scale, mode="bilinear", align_corners=False,
             antialias=True, recompute_scale_factor=False,
         )
-    content = content[0, 0].clamp_(0.0, 1.0).numpy()
-    if content.shape != (box.resized_rows, box.resized_columns):
-        raise RuntimeError(f"resize gave {content.shape}, letterbox expects "
+    content = content[0, 0].clamp_(0.0, 1.0)
+    if tuple(content.shape) != (box.resized_rows, box.resized_columns):
+        raise RuntimeError(f"resize gave {tuple(content.shape)}, letterbox expects "
                            f"{(box.resized_rows, box.resized_columns)}")
+    return content
+
+
+def preprocess(ds: Dataset, config: PreprocessConfig) -> tuple[np.ndarray, Letterbox]:
+    """One dataset -> (image_size, image_size) float32 in [0, 1], and its geometry."""
+    if not isinstance(config, PreprocessConfig):
+        raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
+    display = pixels_for_display(ds, config)
+    box = Letterbox.fit(*display.shape, image_size=config.image_size)
+    content = resize_to_letterbox(torch.from_numpy(display), box).numpy()
     image = np.zeros((config.image_size, config.image_size), np.float32)
     image[box.pad_top:box.pad_top + box.resized_rows,
           box.pad_left:box.pad_left + box.resized_columns] = content
@@ -264,17 +287,24 @@ def preprocess(ds: Dataset, config: PreprocessConfig) -> tuple[np.ndarray, Lette
 
 
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """Preprocessed images -> (N, 3, S, S) float32, grey repeated into the three channels the
-    ImageNet-pretrained backbone expects, normalised with ImageNet mean and std."""
+    """Preprocessed images -> (N, 3, S, S) float32, normalised (:func:`normalise`)."""
     if not images:
         raise ValueError("images must hold at least one image")
     shapes = sorted({np.shape(image) for image in images})
     if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][0] != shapes[0][1]:
         raise ValueError(f"images must share one square 2-D shape, got {shapes}")
-    batch = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (batch[:, None].expand(-1, 3, -1, -1) - mean) / std
+    return normalise(torch.from_numpy(np.stack(images).astype(np.float32, copy=False)))
+
+
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    """(N, S, S) images in [0, 1] -> (N, 3, S, S), on their device: grey repeated into the
+    three channels the ImageNet-pretrained backbone expects, with ImageNet mean and std.
+
+    The statistics go in as numbers, not as a tensor copied to the device: such a copy
+    would make the host wait for the device's queue once per batch.
+    """
+    return torch.stack([(batch - mean) / std
+                        for mean, std in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)], 1)
 
 
 def pixel_spacing_mm(header: Dataset) -> tuple[float, float] | None:

@@ -5,6 +5,9 @@ A worker claims up to ``max_jobs_per_batch`` queued jobs at once (storage.jobs: 
 preprocesses what may be read and runs the model on the images of all claimed jobs
 together, ``images_per_batch`` at a time. While the model runs, a second thread already
 claims and prepares the next jobs, so on a GPU the model does not wait for decoding.
+On a GPU, preparing is decoding and pinning the pixels; the display pipeline, the network
+(compiled at start when ``worker.compile`` says so) and the post-processing run on the
+device (model.detector; docs/gpu.md).
 Each job's image decisions, findings and result objects are committed in one transaction
 together with the job's completion, and only while the job's lease is still this
 worker's: a job taken over by another worker after a lease expired is stored once.
@@ -23,14 +26,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom import Dataset
 from sqlalchemy import select
 
 from config.settings import Settings
 from model.detector import Detection, Detector
-from model.preprocess import Letterbox, UnsupportedImage, preprocess
+from model.preprocess import UnsupportedImage
+from model.preprocess_torch import PreparedImage
 from node.gate import check_eligibility
 from node.loop import PollingThread
 from node.metrics import NodeMetrics
@@ -77,8 +80,7 @@ class SourceImage:
     series_uid: str
     dataset: Dataset | None
     skip_reason: str = ""  # empty when the detector reads the image
-    image: np.ndarray | None = None
-    letterbox: Letterbox | None = None
+    prepared: PreparedImage | None = None  # the model input's host part, until analysed
     detections: list[Detection] = field(default_factory=list)
 
     @property
@@ -129,6 +131,17 @@ class Worker:
         self.owner = lease_owner("worker")
         on_gpu = detector.device.type == "cuda"
         self.jobs_per_claim = settings.worker.max_jobs_per_batch or (8 if on_gpu else 1)
+        self.compile_network = on_gpu if settings.worker.compile is None \
+            else settings.worker.compile
+
+    def compile_batch_sizes(self) -> list[int]:
+        """What the network is compiled for: one image (a single study, the latency case)
+        and a full batch; the detector pads any other batch up to the next of these."""
+        return sorted({1, self.settings.worker.images_per_batch})
+
+    def _compile(self, detector: Detector) -> None:
+        if self.compile_network:
+            detector.compile(self.compile_batch_sizes())  # logs its time, or why it failed
 
     def follow_active_model(self) -> bool:
         """Load the registry's active model if it changed (checked every few seconds).
@@ -147,7 +160,9 @@ class Worker:
             if version_id == self._unloadable_version:
                 return False
         try:
-            detector = Detector.load(path, device=self.detector.device)
+            detector = Detector.load(path, device=self.detector.device,
+                                     preprocessing=self.detector.preprocessing)
+            self._compile(detector)
         except Exception as exc:  # noqa: BLE001 - keep the current model; say so loudly
             self._unloadable_version = version_id
             LOGGER.exception("active model %s cannot be loaded", path)
@@ -166,19 +181,22 @@ class Worker:
         return True
 
     def warm_up(self) -> None:
-        """Run the model and build each result kind once on a small generated image.
+        """Compile the network (if configured), then run the model and build each result
+        kind once on a small generated image.
 
-        The first call of each costs a second or more (kernels, code tables, fonts); paid
-        here, at start-up, it does not delay the first study a site sends.
+        The first call of each costs a second or more (kernels, code tables, fonts), and a
+        compilation minutes; paid here, at start-up, they do not delay the first study a
+        site sends.
         """
         from model.phantom import synthesize_case
 
         started = time.perf_counter()
+        self._compile(self.detector)
         try:
             ds = synthesize_case(0, 0, size_range=(256, 256)).dataset
-            image, letterbox = preprocess(ds, self.detector.preprocess_config)
-            detections = self.detector.predict_images([image], [letterbox], apply_thresholds=False)
-            self.reporter.warm_up(ds, detections[0][:2])
+            [detections] = self.detector.predict_prepared([self.detector.prepare(ds)],
+                                                          apply_thresholds=False)
+            self.reporter.warm_up(ds, detections[:2])
         except Exception:  # noqa: BLE001 - a failed warm-up only costs the first study time
             LOGGER.exception("warm-up failed; the first study will be slower")
             return
@@ -223,11 +241,10 @@ class Worker:
         images = [_read_image(self.store, instance, series_uid) for instance, series_uid in rows]
         read = time.perf_counter()
         self.metrics.stage_seconds.labels(stage="read").observe(read - started)
-        config = self.detector.preprocess_config
         for image in images:
             if image.analysed:
                 try:
-                    image.image, image.letterbox = preprocess(image.dataset, config)
+                    image.prepared = self.detector.prepare(image.dataset)
                 except (UnsupportedImage, ValueError) as exc:
                     image.skip_reason = f"pixel data not usable: {exc}"
         self.metrics.stage_seconds.labels(stage="preprocess").observe(time.perf_counter() - read)
@@ -237,12 +254,15 @@ class Worker:
         """Run the model once over the readable images of all ``jobs`` together."""
         readable = [image for job in jobs for image in job.images if image.analysed]
         with self.metrics.stage_seconds.labels(stage="model").time():
-            results = self.detector.predict_images(
-                [image.image for image in readable], [image.letterbox for image in readable],
+            results = self.detector.predict_prepared(
+                [image.prepared for image in readable],
                 batch_size=self.settings.worker.images_per_batch)
-        for image, detections in zip(readable, results, strict=True):
-            image.detections = detections
-            image.image = None  # the model input is no longer needed; free it early
+        for image, result in zip(readable, results, strict=True):
+            if isinstance(result, UnsupportedImage):  # found on the device (no contrast)
+                image.skip_reason = f"pixel data not usable: {result}"
+            else:
+                image.detections = result
+            image.prepared = None  # the model input is no longer needed; free it early
 
     def publish(self, job: PreparedJob) -> bool:
         """Store findings and result objects and complete the job, if it is still ours."""

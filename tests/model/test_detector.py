@@ -10,7 +10,13 @@ import torch
 from effdet import DetBenchPredict
 
 from model.card import ModelCard
-from model.detector import MAX_DETECTIONS, BatchedPostProcess, Detector, create_network
+from model.detector import (
+    MAX_DETECTIONS,
+    BatchedPostProcess,
+    Detector,
+    create_network,
+    score_floor,
+)
 from model.phantom import dx_dataset
 from tests.model.conftest import IMAGE_SIZE, write_model
 
@@ -115,3 +121,62 @@ def test_boxes_wholly_in_the_padding_are_dropped():
     assert [(round(score, 1), cls) for _, score, cls in kept] == [(0.9, 2)]
     x1, y1, x2, y2 = kept[0][0]
     assert 0 <= y1 < y2 <= 100 and 0 <= x1 < x2 <= 200
+
+
+# --- thresholds first ---------------------------------------------------------------------
+
+def _random_outputs(seed: int, batch: int, shift: float) -> tuple[list, list]:
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [IMAGE_SIZE // 2**level for level in range(3, 8)]
+    class_out = [torch.randn(batch, 9 * 7, s, s, generator=generator) * 2 + shift for s in sizes]
+    box_out = [0.3 * torch.randn(batch, 9 * 4, s, s, generator=generator) for s in sizes]
+    return class_out, box_out
+
+
+def test_score_floor_is_the_largest_float32_not_above_the_lowest_threshold():
+    for thresholds in ([0.1, 0.7], [1 / 3], [0.5, 0.9], [1.0], [0.0, 0.4], [0.3000001]):
+        floor = score_floor(thresholds)
+        assert np.float32(floor) == floor <= min(thresholds)
+        assert float(np.nextafter(np.float32(floor), np.float32(2))) > min(thresholds)
+
+
+def test_thresholds_first_keeps_exactly_todays_detections_above_the_thresholds(tiny_model):
+    """Over many random logits and thresholds, with and without more than 100 detections
+    per image surviving: the rows at or above the floor, and what the per-finding
+    thresholds then keep, are today's to the bit."""
+    network = create_network(ModelCard.load(tiny_model)).eval()
+    post_process = BatchedPostProcess(network)
+    rng = np.random.default_rng(0)
+    survivors = []
+    for seed in range(40):
+        class_out, box_out = _random_outputs(seed, batch=3, shift=float(rng.uniform(-14, 0)))
+        thresholds = rng.uniform(0.05, 0.95, 7)
+        floor = score_floor(thresholds)
+        today = post_process(class_out, box_out)
+        first = post_process(class_out, box_out, min_score=floor)
+        for image in range(3):
+            expected = today[image][today[image, :, 4] >= floor]
+            got = first[image][first[image, :, 4] > 0]
+            assert torch.equal(got, expected), f"seed {seed}, image {image}"
+            rows = expected.numpy()
+            survivors.append(int((rows[:, 4] >= thresholds[rows[:, 5].astype(int)]).sum()))
+    assert max(survivors) == MAX_DETECTIONS and min(survivors) == 0  # the cap and none
+
+
+def test_predictions_with_thresholds_equal_todays_filtered_predictions(tmp_path):
+    """On the Detector: thresholds first changes nothing a site receives."""
+    labels = ("Atelectasis", "Cardiomegaly", "Pleural effusion", "Infiltration", "Mass",
+              "Nodule", "Pneumothorax")
+    # An untrained network scores about 0.01 (effdet's prior): thresholds around it.
+    thresholds = dict(zip(labels, (0.009, 0.0105, 0.01, 0.0095, 0.011, 0.0098, 0.0102),
+                          strict=True))
+    write_model(tmp_path / "model", thresholds=thresholds)
+    detector = Detector.load(tmp_path / "model", device="cpu")
+    datasets = [_image(300, 260, 7), _image(256, 400, 8, "MONOCHROME1")]
+
+    everything = detector.predict(datasets, apply_thresholds=False)
+    thresholded = detector.predict(datasets)
+
+    assert sum(map(len, thresholded)) > 0
+    for all_of_them, kept in zip(everything, thresholded, strict=True):
+        assert kept == [d for d in all_of_them if d.score >= thresholds[d.label]]

@@ -251,7 +251,7 @@ def test_a_job_that_fails_for_good_sends_a_not_analysed_report(tmp_path, databas
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(site.worker.detector, "predict_images", out_of_memory)
+    monkeypatch.setattr(site.worker.detector, "predict_prepared", out_of_memory)
     study = Study(tmp_path / "in")
     source = study.image(generate_uid(), size=320)
     site.receive(source)

@@ -59,6 +59,9 @@ SLOW_TESTS = frozenset({
     # Three imports, a training step and three evaluations: about 40 s; two steps, 25 s.
     "tests/training/test_dataset_import.py::test_imported_folders_train_and_evaluate",
     "tests/training/test_init_backbone.py::test_training_starts_from_the_backbone_file",
+    # torch.compile tracing the network (a recording backend, then a failing one): 20-30 s.
+    "tests/model/test_compile.py::test_compiled_once_per_batch_size_and_other_batches_padded_or_sliced",
+    "tests/model/test_compile.py::test_a_failing_compiler_leaves_the_network_eager_and_says_so",
 })
 # Modules whose node processes analyse with the bundled 768 px model: minutes, not seconds,
 # on a loaded 2-core machine, so a limit above pyproject's backstop.

@@ -28,6 +28,7 @@ from model.preprocess import (
     to_tensor,
 )
 from model.preprocess_torch import HostImage, StoredImage, display_batch, stored_image, unusable
+from tests.conftest import unavailable
 from tests.model.test_preprocess import anatomy, with_voi_lut
 
 ONE_GREY_LEVEL = 1 / 255
@@ -105,7 +106,7 @@ def phantom(index: int, photometric: str | None = None) -> Dataset:
 def chest_radiograph() -> Dataset:
     path = get_testdata_file("RG1_UNCR.dcm", download=False)
     if path is None:
-        pytest.skip("RG1_UNCR.dcm from the PyPI package pydicom-data is not installed")
+        unavailable("RG1_UNCR.dcm from the PyPI package pydicom-data is not installed")
     return pydicom.dcmread(path)
 
 

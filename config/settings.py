@@ -48,6 +48,15 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
+def _unique_by_name(items: list, what: str) -> list:
+    """``items`` unless two share a ``name``: the message lists the repeated names."""
+    names = [item.name for item in items]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{what} names must be unique, repeated: {duplicates}")
+    return items
+
+
 def _check_ip_address(value: str) -> str:
     try:
         ipaddress.ip_address(value)
@@ -567,11 +576,7 @@ class DicomwebSettings(_Section):
     @field_validator("peers")
     @classmethod
     def _unique_names(cls, peers: list[DicomwebPeer]) -> list[DicomwebPeer]:
-        names = [p.name for p in peers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"peer names must be unique, repeated: {duplicates}")
-        return peers
+        return _unique_by_name(peers, "peer")
 
 
 class LoggingSettings(_Section):
@@ -604,11 +609,7 @@ class Settings(_Section):
     @field_validator("destinations")
     @classmethod
     def _unique_destination_names(cls, destinations: list[Destination]) -> list[Destination]:
-        names = [d.name for d in destinations]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"destination names must be unique, repeated: {duplicates}")
-        return destinations
+        return _unique_by_name(destinations, "destination")
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)

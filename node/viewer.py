@@ -32,8 +32,8 @@ TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "applicat
          ".woff2": "font/woff2", ".html": "text/html; charset=utf-8"}
 
 APP_CONFIG = """window.config = {
-  name: 'cxr-node viewer',
-  routerBasename: '/',
+  name: '%(title)s',
+  routerBasename: '%(basename)s',
   extensions: [],
   modes: [],
   customizationService: {},
@@ -44,11 +44,11 @@ APP_CONFIG = """window.config = {
   showLoadingIndicator: true,
   strictZSpacingForVolumeViewport: true,
   investigationalUseDialog: { option: 'never' },
-  defaultDataSourceName: 'orthanc',
+  defaultDataSourceName: '%(name)s',
   dataSources: [{
     namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-    sourceName: 'orthanc',
-    configuration: %s,
+    sourceName: '%(name)s',
+    configuration: %(configuration)s,
   }],
 };
 """
@@ -68,6 +68,16 @@ DATA_SOURCE = {
     "omitQuotationForMultipartRequest": True,
     "bulkDataURI": {"enabled": True},
 }
+
+
+def app_config(title: str, basename: str, source: dict) -> str:
+    """OHIF's ``app-config.js``: one DICOMweb data source, ``source``, at ``basename``.
+
+    The demo's viewer (Orthanc behind a proxy) and the node's own (``/viewer/``) differ
+    only in these three.
+    """
+    return APP_CONFIG % {"title": title, "basename": basename, "name": source["name"],
+                         "configuration": json.dumps(source, indent=2)}
 
 
 class ViewerUnavailable(RuntimeError):
@@ -145,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith(PROXIED):
             self._proxy()
         elif path == "/app-config.js":
-            body = APP_CONFIG % json.dumps(DATA_SOURCE, indent=2)
+            body = app_config("cxr-node viewer", "/", DATA_SOURCE)
             self._send(200, TYPES[".js"], body.encode())
         else:
             self._static(path)

@@ -139,20 +139,27 @@ def _effusion(p: _Placer, side: int):
     return None
 
 
+def _collapse(p: _Placer, side: int, depth: float, angle: float):
+    """A lung collapsed ``depth`` mm towards its hilum, most along ``angle`` (radians from
+    the horizontal, outward): (the collapsed lung's mask, the rim of air around it)."""
+    i = _SIDES.index(side)
+    poly, (hx, hy) = p.body.lungs[i], p.body.hila[i]
+    dx, dy = poly[:, 0] - hx, poly[:, 1] - hy
+    dist = np.hypot(dx, dy) + 1e-9
+    toward = (dx * side * math.cos(angle) - dy * math.sin(angle)) / dist
+    shift = np.minimum(depth * np.clip((toward + 0.1) / 1.1, 0, 1) ** 2, 0.6 * dist)
+    collapsed = p.frame.fill(poly - np.column_stack([dx, dy]) * (shift / dist)[:, None])
+    return collapsed, p.masks.polys[i] & ~collapsed & p.masks.lungs[i]
+
+
 def _pneumothorax(p: _Placer, side: int):
     """Air between the chest wall and a lung pulled toward its hilum: a lucent apical and
     lateral rim with no markings, bounded by a thin visible pleural line."""
     i, mm = _SIDES.index(side), p.frame.mm
-    poly, (hx, hy) = p.body.lungs[i], p.body.hila[i]
     for attempt in range(10):
         depth = p.rng.uniform(10, 45) + 5 * attempt
         angle = math.radians(p.rng.uniform(60, 85))
-        dx, dy = poly[:, 0] - hx, poly[:, 1] - hy
-        dist = np.hypot(dx, dy) + 1e-9
-        toward = (dx * side * math.cos(angle) - dy * math.sin(angle)) / dist
-        shift = np.minimum(depth * np.clip((toward + 0.1) / 1.1, 0, 1) ** 2, 0.6 * dist)
-        collapsed = p.frame.fill(poly - np.column_stack([dx, dy]) * (shift / dist)[:, None])
-        rim = p.masks.polys[i] & ~collapsed & p.masks.lungs[i]
+        collapsed, rim = _collapse(p, side, depth, angle)
         if rim.sum() * mm**2 < 150 or not p.fits(rim, side):
             continue
         edge = _soft(collapsed, 0.5 / mm)

@@ -34,6 +34,7 @@ from model.phantom.findings import (
     MASS,
     NODULE,
     PNEUMOTHORAX,
+    _collapse,
     _Effect,
     _Placer,
 )
@@ -313,16 +314,10 @@ def _effusion(p: _Placer, side: int, rng) -> _Effect | None:
 
 def _pneumothorax(p: _Placer, side: int, rng) -> _Effect | None:
     i, mm = _SIDES.index(side), p.frame.mm
-    poly, (hx, hy) = p.body.lungs[i], p.body.hila[i]
     for attempt in range(10):
         depth = rng.uniform(10, 45) + 5 * attempt
         angle = math.radians(rng.uniform(55, 85))
-        dx, dy = poly[:, 0] - hx, poly[:, 1] - hy
-        dist = np.hypot(dx, dy) + 1e-9
-        toward = (dx * side * math.cos(angle) - dy * math.sin(angle)) / dist
-        shift = np.minimum(depth * np.clip((toward + 0.1) / 1.1, 0, 1) ** 2, 0.6 * dist)
-        collapsed = p.frame.fill(poly - np.column_stack([dx, dy]) * (shift / dist)[:, None])
-        rim = p.masks.polys[i] & ~collapsed & p.masks.lungs[i]
+        collapsed, rim = _collapse(p, side, depth, angle)
         if rim.sum() * mm**2 < 150:
             continue
         # The visceral pleura: a line a fraction of a millimetre wide; on a coarse grid it

@@ -21,7 +21,6 @@ the browser goes to the login page and comes back to the same address after it.
 from __future__ import annotations
 
 import functools
-import json
 import mimetypes
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from node.viewer import DATA_SOURCE, OHIF_VERSION
+from node.viewer import DATA_SOURCE, OHIF_VERSION, app_config
 from node.web.auth import Accounts, message_page
 from storage.models import UserRole
 
@@ -64,34 +63,12 @@ NODE_DATA_SOURCE = {
     "wadoRoot": DICOMWEB_ROOT,
     "qidoSupportsIncludeField": True,
 }
-APP_CONFIG = """window.config = {
-  name: 'cxr-node viewer (OHIF %(version)s)',
-  routerBasename: '/viewer',
-  extensions: [],
-  modes: [],
-  customizationService: {},
-  showStudyList: true,
-  maxNumberOfWebWorkers: 2,
-  showWarningMessageForCrossOrigin: false,
-  showCPUFallbackMessage: false,
-  showLoadingIndicator: true,
-  strictZSpacingForVolumeViewport: true,
-  investigationalUseDialog: { option: 'never' },
-  defaultDataSourceName: '%(name)s',
-  dataSources: [{
-    namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-    sourceName: '%(name)s',
-    configuration: %(configuration)s,
-  }],
-};
-"""
-
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def app_config() -> bytes:
-    return (APP_CONFIG % {"version": OHIF_VERSION, "name": DATA_SOURCE_NAME,
-                          "configuration": json.dumps(NODE_DATA_SOURCE, indent=2)}).encode()
+def node_app_config() -> bytes:
+    return app_config(f"cxr-node viewer (OHIF {OHIF_VERSION})", "/viewer",
+                      NODE_DATA_SOURCE).encode()
 
 
 def study_url(study_uid: str) -> str:
@@ -159,7 +136,7 @@ def ohif_routes(accounts: Accounts, templates: Jinja2Templates,
                                 request.state.user)
         name = request.path_params.get("path", "")
         if name == "app-config.js":
-            return Response(app_config(), media_type=TYPES[".js"], headers=NO_STORE)
+            return Response(node_app_config(), media_type=TYPES[".js"], headers=NO_STORE)
         target = (root / name).resolve()
         if not target.is_relative_to(root):
             return Response("not found\n", status_code=404, media_type="text/plain")

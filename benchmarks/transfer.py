@@ -23,7 +23,8 @@ model"). An onto seed that the card names as a training seed is refused.
 The sets are written with the project's own writers and read back and scored through
 ``cxr-node evaluate``'s path. ``--onto-style radiograph`` draws the onto sets' findings
 with the radiograph style's textures (``cxr-node synth --onto FILE --style radiograph``);
-the held-out generated set stays in the style the card was trained on. The last line
+the held-out generated set is drawn in the style the card's held-out set names
+(``--style radiograph`` in its ``generated_by``; classic otherwise). The last line
 printed is one JSON object.
 """
 
@@ -67,8 +68,19 @@ def _option(text: str, name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _training_seeds(text: str) -> set[int]:
+    """Every ``--seed N`` in a training set's description, and ``--seed A..B`` as a range
+    (the sets of findings drawn into many generated backgrounds, one seed each)."""
+    seeds: set[int] = set()
+    for first, last in re.findall(r"--seed[ =](\d+)(?:\.\.(\d+))?", text):
+        seeds.update(range(int(first), int(last or first) + 1))
+    return seeds
+
+
 def card_seeds(card: ModelCard) -> tuple[frozenset[int], int, tuple[int, int]]:
     """(training seeds, held-out seed, held-out (min, max) size) from the card's metrics.
+
+    A training set's text may name several seeds (``--seed 21 ... --seed 100..159``).
 
     Falls back to the bundled model's seeds (1; held-out 2) where the card records none,
     and to sizes of ``image_size`` to 5/3 of it (768-1280 px for 768) where its held-out
@@ -87,13 +99,25 @@ def card_seeds(card: ModelCard) -> tuple[frozenset[int], int, tuple[int, int]]:
             low, high = _option(text, "min-size"), _option(text, "max-size")
             sizes = (low, high) if low and high else None
         else:
-            training.add(seed)
+            training.update(_training_seeds(text))
     training_seeds = frozenset(training) or FALLBACK_TRAINING_SEEDS
     held_out = FALLBACK_HELD_OUT_SEED if held_out is None else held_out
     if held_out in training_seeds:
         raise ValueError(f"held-out seed {held_out} is also a training seed of "
                          f"{card.name} {card.version}")
     return training_seeds, held_out, sizes or (card.image_size, card.image_size * 5 // 3)
+
+
+def held_out_style(card: ModelCard) -> str:
+    """The phantom style of the card's held-out set: ``radiograph`` where its
+    ``generated_by`` says ``--style radiograph``, else the classic style."""
+    for entry in card.metrics.values():
+        text = str(entry.get("dataset", {}).get("generated_by", "")) \
+            if isinstance(entry, dict) else ""
+        if _HELD_OUT_MARK in text:
+            found = re.search(r"--style[ =](\w+)", text)
+            return found.group(1) if found else "classic"
+    return "classic"
 
 
 def above_thresholds(predictions: metrics.Predictions,
@@ -158,7 +182,7 @@ def measure(model_dir: Path, onto: Path, seeds: tuple[int, ...], cases: int,
     calls = above_thresholds(predictions, card.thresholds)
     synthetic_csv = write_synthetic_set(work_dir / f"synthetic-{held_out_seed}",
                                         synthetic_cases, held_out_seed, workers=workers,
-                                        size_range=sizes)
+                                        size_range=sizes, style=held_out_style(card))
     synthetic = metrics.evaluate(*_labelled(detector, synthetic_csv), list(card.labels),
                                  card.thresholds)
 
@@ -191,7 +215,8 @@ def measure(model_dir: Path, onto: Path, seeds: tuple[int, ...], cases: int,
         "onto_fp_boxes": fps, "onto_images": len(truth), "onto_seeds": list(seeds),
         "onto_style": onto_style,
         "onto_file": Path(onto).name, "synthetic_seed": held_out_seed,
-        "synthetic_sizes": list(sizes), "synthetic_images": synthetic["images"],
+        "synthetic_sizes": list(sizes), "synthetic_style": held_out_style(card),
+        "synthetic_images": synthetic["images"],
         "findings": len(card.labels), "training_seeds": sorted(training_seeds),
         "model": f"{card.name} {card.version}", "device": str(detector.device),
         "lesion_iou": LESION_IOU,

@@ -10,6 +10,7 @@ from benchmarks.transfer import (
     above_thresholds,
     card_seeds,
     false_positives,
+    held_out_style,
     lesions_found,
     measure,
     table,
@@ -27,6 +28,27 @@ def test_bundled_card_names_its_training_and_held_out_seeds():
     training, held_out, sizes = card_seeds(ModelCard.load(REPO / "model" / "bundled"))
 
     assert (training, held_out, sizes) == ({1}, 2, (768, 1280))
+
+
+def test_the_held_out_set_is_drawn_in_the_style_its_card_names(tmp_path):
+    text = "cxr-node synth --count 300 --seed 22 --style radiograph (seed not used in training)"
+    radiograph = write_model(tmp_path / "r", metrics={
+        "held_out_synthetic": {"dataset": {"generated_by": text}}})
+    classic = write_model(tmp_path / "c", metrics={
+        "held_out_synthetic": {"dataset": {"generated_by": text.replace(" --style radiograph",
+                                                                        "")}}})
+
+    assert held_out_style(radiograph) == "radiograph"
+    assert held_out_style(classic) == "classic"
+    assert card_seeds(radiograph)[1] == 22
+
+
+def test_every_training_seed_and_range_a_card_names_is_a_training_seed(tmp_path):
+    card = write_model(tmp_path, metrics={"validation": {"dataset": {"generated_by": (
+        "cxr-node synth --count 800 --seed 21 --style radiograph; cxr-node synth --count 250 "
+        "--seed 1; cxr-node synth --onto BG --count 4 --seed 100..103 --style radiograph")}}})
+
+    assert card_seeds(card)[0] == {1, 21, 100, 101, 102, 103}
 
 
 def test_a_lesion_is_found_only_by_its_own_finding_above_threshold_at_iou_04():

@@ -149,6 +149,17 @@ def _labelled(detector: Detector, labels_csv: Path):  # noqa: ANN202 - (truth, p
     return ground_truth(images), predictions
 
 
+def _kept(folder: Path, count: int) -> Path | None:
+    """``folder``'s labels.csv where an earlier run (``--keep``) wrote this very set: the
+    folder's name holds seed and style, and it has ``count`` images. A set is drawn from
+    its seed alone, so it is the same set, and drawing it again would cost minutes."""
+    labels = folder / "labels.csv"
+    images = folder / "images"
+    if labels.is_file() and images.is_dir() and len(list(images.iterdir())) == count:
+        return labels
+    return None
+
+
 def _ratio(found: int, total: int) -> float | None:
     return found / total if total else None
 
@@ -174,15 +185,18 @@ def measure(model_dir: Path, onto: Path, seeds: tuple[int, ...], cases: int,
     detector = Detector.load(model_dir, device)
     truth, predictions = [], []
     for seed in seeds:
-        labels_csv = write_inserted_set(onto, work_dir / f"onto-{seed}", cases, seed,
-                                        style=onto_style)
+        labels_csv = _kept(work_dir / f"onto-{seed}-{onto_style}", cases) or \
+            write_inserted_set(onto, work_dir / f"onto-{seed}-{onto_style}", cases, seed,
+                               style=onto_style)
         seed_truth, seed_predictions = _labelled(detector, labels_csv)
         truth += seed_truth
         predictions += seed_predictions
     calls = above_thresholds(predictions, card.thresholds)
-    synthetic_csv = write_synthetic_set(work_dir / f"synthetic-{held_out_seed}",
-                                        synthetic_cases, held_out_seed, workers=workers,
-                                        size_range=sizes, style=held_out_style(card))
+    style = held_out_style(card)
+    synthetic_dir = work_dir / f"synthetic-{held_out_seed}-{style}-{sizes[0]}-{sizes[1]}"
+    synthetic_csv = _kept(synthetic_dir, synthetic_cases) or write_synthetic_set(
+        synthetic_dir, synthetic_cases, held_out_seed, workers=workers, size_range=sizes,
+        style=style)
     synthetic = metrics.evaluate(*_labelled(detector, synthetic_csv), list(card.labels),
                                  card.thresholds)
 
@@ -215,7 +229,7 @@ def measure(model_dir: Path, onto: Path, seeds: tuple[int, ...], cases: int,
         "onto_fp_boxes": fps, "onto_images": len(truth), "onto_seeds": list(seeds),
         "onto_style": onto_style,
         "onto_file": Path(onto).name, "synthetic_seed": held_out_seed,
-        "synthetic_sizes": list(sizes), "synthetic_style": held_out_style(card),
+        "synthetic_sizes": list(sizes), "synthetic_style": style,
         "synthetic_images": synthetic["images"],
         "findings": len(card.labels), "training_seeds": sorted(training_seeds),
         "model": f"{card.name} {card.version}", "device": str(detector.device),
@@ -284,7 +298,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes drawing phantoms")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if any)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="write the sets here and keep them (default: a temporary folder)")
+                        help="write the sets here and keep them, and reuse those an earlier "
+                        "run kept (default: a temporary folder)")
     args = parser.parse_args()
     onto = args.onto or _default_onto()
     if onto is None or not onto.is_file():

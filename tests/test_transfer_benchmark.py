@@ -87,8 +87,15 @@ def test_tiny_run_prints_the_issue_keys_in_range(chest_cr, tmp_path):
     assert result["findings_at_target"] in range(len(labels) + 1)
     assert (result["onto_images"], result["synthetic_images"]) == (4, 4)
     assert (result["synthetic_seed"], result["synthetic_sizes"]) == (2, [128, 213])
-    assert len(list((tmp_path / "sets" / "onto-11" / "images").iterdir())) == 2
+    assert len(list((tmp_path / "sets" / "onto-11-classic" / "images").iterdir())) == 2
     assert "findings_at_target:" in table(result)
+
+    kept = tmp_path / "sets" / "onto-11-classic" / "labels.csv"
+    written = kept.stat().st_mtime_ns
+    again = measure(model_dir, chest_cr["RG1_UNCR.dcm"], (7303, 11), cases=2,
+                    synthetic_cases=4, work_dir=tmp_path / "sets")
+    assert kept.stat().st_mtime_ns == written  # the kept set is reused, not drawn again
+    assert {k: again[k] for k in ISSUE_KEYS} == {k: result[k] for k in ISSUE_KEYS}
 
 
 def test_a_training_seed_is_refused(chest_cr, tmp_path):

@@ -193,6 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--warmup-epochs", type=float, default=1.0,
+                       help="epochs of linear learning-rate warm-up before the cosine decay "
+                       "(a fine-tune from --init-from needs a fraction of one)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.add_argument("--workers", type=int, default=1, help="data-loading processes")
@@ -598,8 +601,8 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
             config = TrainConfig(
                 data=args.data, out=args.out, architecture=args.architecture,
                 image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
-                batch_size=args.batch_size,
-                learning_rate=args.lr, seed=args.seed, device=args.device,
+                batch_size=args.batch_size, learning_rate=args.lr,
+                warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
                 init_from=args.init_from, init_backbone=args.init_backbone,
                 version=args.version, workers=args.workers,
                 target_sensitivity=args.target_sensitivity,

@@ -155,7 +155,7 @@ def reference() -> str:
         path, model, listed = pending.pop(0)
         found: list[tuple[str, type[BaseModel], bool]] = []
         rows = _rows(model, path, comments, found)
-        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
         title = path.replace("[]", "[ ]")
         out += [f"## `{title}`", ""]
         if doc:

@@ -223,7 +223,7 @@ class DestinationKind(StrEnum):
 
 _DIMSE_KEYS = ("ae_title", "host", "port", "tls")
 _DICOMWEB_KEYS = ("url", "token", "username", "password", "verify_tls", "ca_file",
-                  "timeout_seconds")
+                  "client_certificate", "client_private_key", "timeout_seconds")
 
 
 def _listed(keys: list[str]) -> str:
@@ -254,14 +254,17 @@ class Destination(_Section):
     port: int | None = Field(default=None, ge=1, le=65535)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     # kind: dicomweb -- the service's base URL (STOW-RS posts to <url>/studies/<study>),
-    # a bearer token or basic auth (username and password), and how the server's
-    # certificate is checked (the system's CAs, or those in ca_file).
+    # a bearer token or basic auth (username and password), how the server's certificate
+    # is checked (the system's CAs, or those in ca_file), and our client certificate for
+    # a service that asks for one (mutual TLS).
     url: str | None = None
     token: str | None = None
     username: str | None = None
     password: str | None = None
     verify_tls: bool = True
     ca_file: Path | None = None
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
     timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     send_sr: bool = True
     send_gsps: bool = True
@@ -316,9 +319,9 @@ class Destination(_Section):
             raise ValueError("a basic-auth password is printable and not empty")
         return value
 
-    @field_validator("ca_file")
+    @field_validator("ca_file", "client_certificate", "client_private_key")
     @classmethod
-    def _check_ca_file(cls, value: Path | None) -> Path | None:
+    def _check_file(cls, value: Path | None) -> Path | None:
         if value is not None and not Path(value).is_file():
             raise ValueError(f'"{value}" is not a readable file')
         return value
@@ -351,6 +354,12 @@ class Destination(_Section):
         if self.ca_file is not None and not self.verify_tls:
             raise ValueError("ca_file is set but verify_tls is false; the CA file would be "
                              "ignored: remove one")
+        if (self.client_certificate is None) != (self.client_private_key is None):
+            raise ValueError("client_certificate and client_private_key go together (our "
+                             "certificate and its key, PEM): give both or neither")
+        if self.client_certificate is not None and not self.url.startswith("https://"):
+            raise ValueError("client_certificate is set but url is not https://; a client "
+                             "certificate is presented only over TLS")
         return self
 
     @property
@@ -467,14 +476,28 @@ class SchedulerSettings(_Section):
 
 
 class WebTlsSettings(_Section):
-    """HTTPS for the web service: a server certificate and its key (no client certificates)."""
+    """HTTPS for the web service: a server certificate and its key, and optionally the CAs
+    of the client certificates that DICOMweb peers may present.
+
+    With ``client_ca_certificates`` a client certificate is asked for but not required:
+    browsers on the console have none, and a peer may use a bearer token instead. One that
+    is presented must be signed by those CAs, or the handshake fails.
+    """
 
     enabled: bool = False
     certificate: Path | None = None
     private_key: Path | None = None
+    client_ca_certificates: Path | None = None
 
     @model_validator(mode="after")
     def _files_present(self) -> WebTlsSettings:
+        if self.client_ca_certificates is not None:
+            if not self.enabled:
+                raise ValueError("client_ca_certificates is set but enabled is false; client "
+                                 "certificates come only over TLS: enable it or remove the key")
+            if not Path(self.client_ca_certificates).is_file():
+                raise ValueError(f'client_ca_certificates "{self.client_ca_certificates}" is '
+                                 "not a readable file")
         return _require_files(self, ("certificate", "private_key"))
 
 
@@ -519,6 +542,8 @@ class WebSettings(_Section):
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# As `openssl x509 -fingerprint -sha256` prints a digest: pairs of hex digits and colons.
+_SHA256_COLONS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){31}$")
 # A DICOMweb peer's name stands where a DIMSE peer's calling AE title does (audit rows, the
 # instance's sender), so it fits the same 16 characters; no spaces, so it reads in a log.
 _PEER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,16}$")
@@ -532,26 +557,51 @@ def check_dicomweb_peer_name(value: str) -> str:
 
 
 class DicomwebPeer(_Section):
-    """A DICOMweb client that may store to the node (STOW-RS), known by a bearer token.
+    """A DICOMweb client that may store to the node (STOW-RS), known by a bearer token, a
+    client certificate, or either.
 
-    Only the token's SHA-256 is kept. A fast hash is enough where a password would need a
-    slow one (argon2, as console accounts have): the token is 256 random bits from
-    ``cxr-node dicomweb token``, so no guess list exists to try against a leaked digest,
-    and a slow hash would cost every request its milliseconds and memory.
+    Only SHA-256 digests are kept: of the token, and of the certificate's DER (what
+    ``openssl x509 -fingerprint -sha256`` prints). A fast hash is enough where a password
+    would need a slow one (argon2, as console accounts have): the token is 256 random bits
+    from ``cxr-node dicomweb token``, so no guess list exists to try against a leaked
+    digest, and a slow hash would cost every request its milliseconds and memory. A
+    certificate's digest is no secret: the certificate is admitted only when the TLS
+    handshake proved the peer holds its key.
     """
 
     name: str
-    token_sha256: str
+    token_sha256: str | None = None
+    certificate_sha256: str | None = None
 
     _check_name = field_validator("name")(check_dicomweb_peer_name)
 
     @field_validator("token_sha256")
     @classmethod
-    def _check_digest(cls, value: str) -> str:
-        if not _SHA256_HEX.match(value):
+    def _check_digest(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256_HEX.match(value):
             raise ValueError("is not a SHA-256 digest (64 of 0-9 a-f); make a token and its "
                              "digest with `cxr-node dicomweb token NAME`")
         return value
+
+    @field_validator("certificate_sha256")
+    @classmethod
+    def _check_certificate_digest(cls, value: str | None) -> str | None:
+        """64 hex digits; openssl's ``AB:CD:...`` form is taken and written as ``abcd...``."""
+        if value is None:
+            return None
+        if _SHA256_COLONS.match(value.strip()):
+            value = value.strip().replace(":", "")
+        if not _SHA256_HEX.match(value.lower()):
+            raise ValueError("is not a SHA-256 digest (64 hex digits, with or without colons); "
+                             "print it with `cxr-node dicomweb certificate NAME CERT.pem`")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _known_somehow(self) -> DicomwebPeer:
+        if self.token_sha256 is None and self.certificate_sha256 is None:
+            raise ValueError(f"peer {self.name} has neither token_sha256 nor "
+                             "certificate_sha256; give one of them, or both")
+        return self
 
 
 class DicomwebSettings(_Section):
@@ -576,6 +626,12 @@ class DicomwebSettings(_Section):
     @field_validator("peers")
     @classmethod
     def _unique_names(cls, peers: list[DicomwebPeer]) -> list[DicomwebPeer]:
+        """Unique names and digests: one token or certificate must name one sender."""
+        for key in ("token_sha256", "certificate_sha256"):
+            digests = [getattr(p, key) for p in peers if getattr(p, key) is not None]
+            shared = sorted(p.name for p in peers if digests.count(getattr(p, key)) > 1)
+            if shared:
+                raise ValueError(f"peers {', '.join(shared)} have the same {key}")
         return _unique_by_name(peers, "peer")
 
 
@@ -610,6 +666,19 @@ class Settings(_Section):
     @classmethod
     def _unique_destination_names(cls, destinations: list[Destination]) -> list[Destination]:
         return _unique_by_name(destinations, "destination")
+
+    @model_validator(mode="after")
+    def _client_certificates_asked_for(self) -> Settings:
+        """A peer known by certificate needs the web service to ask for one."""
+        if self.web.tls.client_ca_certificates is None:
+            for index, peer in enumerate(self.dicomweb.peers):
+                if peer.certificate_sha256 is not None:
+                    raise ValueError(
+                        f"dicomweb.peers.{index}.certificate_sha256: peer {peer.name} is "
+                        "known by a client certificate, but web.tls.client_ca_certificates "
+                        "is not set, so the web service never asks for one: set it (the CAs "
+                        "that sign the peers' certificates) or remove the key")
+        return self
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
@@ -654,11 +723,12 @@ def _describe(error: ValidationError) -> str:
     """One line per offending key, ``<key>: <problem>``, so one mistake is one line."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key; check its spelling against config/example.yaml"
-        lines.append(f"{key}: {message}")
+        # A check across sections (Settings' own validators) names its key in the message.
+        lines.append(f"{key}: {message}" if key else message)
     return "\n".join(lines)
 
 

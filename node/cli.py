@@ -145,8 +145,14 @@ def _parser() -> argparse.ArgumentParser:
     dicomweb_token = dicomweb_actions.add_parser(
         "token", help="print a new bearer token for a peer and the dicomweb.peers entry "
         "(its SHA-256) to add to the configuration; the node never stores the token")
-    dicomweb_token.add_argument("name", help="the peer's name (1-16 of A-Z a-z 0-9 _ . -), "
-                                "recorded as the sender of what it stores")
+    dicomweb_certificate = dicomweb_actions.add_parser(
+        "certificate", help="print the dicomweb.peers entry (the SHA-256 of the certificate) "
+        "that admits a peer presenting this client certificate")
+    for action in (dicomweb_token, dicomweb_certificate):
+        action.add_argument("name", help="the peer's name (1-16 of A-Z a-z 0-9 _ . -), "
+                            "recorded as the sender of what it stores")
+    dicomweb_certificate.add_argument("certificate", type=Path, metavar="CERT.pem",
+                                      help="the peer's client certificate (PEM)")
 
     echo = commands.add_parser("echo", help="send a C-ECHO to a DICOM node, or check a "
                                "configured destination (C-ECHO, or QIDO-RS for DICOMweb)")
@@ -187,6 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--warmup-epochs", type=float, default=1.0,
+                       help="epochs of linear learning-rate warm-up before the cosine decay "
+                       "(a fine-tune from --init-from needs a fraction of one)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.add_argument("--workers", type=int, default=1, help="data-loading processes")
@@ -332,6 +341,32 @@ def _argument_error(exc: ValueError, args: argparse.Namespace) -> str:
     if first in vars(args) and first not in ("command", "action", "config"):
         return f"--{first.replace('_', '-')}{message[len(first):]}"
     return message
+
+
+def _dicomweb(args: argparse.Namespace) -> int:
+    """``cxr-node dicomweb token|certificate``: the ``dicomweb.peers`` entry for a peer."""
+    from config.settings import check_dicomweb_peer_name
+    from node.web.dicomweb.peers import certificate_entry, new_token
+
+    command = f"cxr-node dicomweb {args.action}"
+    try:
+        check_dicomweb_peer_name(args.name)
+    except ValueError as exc:  # a name the configuration would refuse
+        return _refuse(command, f"NAME {exc}")
+    if args.action == "token":
+        token, entry = new_token(args.name)
+        print(f"token for {args.name} (give it to the sender; it is shown only now): {token}")
+        print(f"add under dicomweb.peers: - {entry}")
+        return 0
+    try:
+        entry, comment = certificate_entry(args.name, args.certificate.read_bytes())
+    except OSError as exc:
+        return _refuse(command, f"{args.certificate}: {exc.strerror or exc}")
+    except ValueError as exc:
+        return _refuse(command, f"{args.certificate} {exc}")
+    print(comment)
+    print(f"add under dicomweb.peers: - {entry}")
+    return 0
 
 
 def _backup_or_restore(args: argparse.Namespace, settings: Settings) -> int:
@@ -524,15 +559,7 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
             return _refuse(f"cxr-node users {args.action}", "no password given; nothing changed")
         return 0
     if args.command == "dicomweb":
-        from node.web.dicomweb.peers import new_token
-
-        try:
-            token, entry = new_token(args.name)
-        except ValueError as exc:  # a name the configuration would refuse
-            return _refuse("cxr-node dicomweb token", f"NAME {exc}")
-        print(f"token for {args.name} (give it to the sender; it is shown only now): {token}")
-        print(f"add under dicomweb.peers: - {entry}")
-        return 0
+        return _dicomweb(args)
     if args.command == "echo":
         if args.destination is not None:
             if args.host is not None:
@@ -574,8 +601,8 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
             config = TrainConfig(
                 data=args.data, out=args.out, architecture=args.architecture,
                 image_size=args.image_size, anchor_scale=args.anchor_scale, epochs=args.epochs,
-                batch_size=args.batch_size,
-                learning_rate=args.lr, seed=args.seed, device=args.device,
+                batch_size=args.batch_size, learning_rate=args.lr,
+                warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
                 init_from=args.init_from, init_backbone=args.init_backbone,
                 version=args.version, workers=args.workers,
                 target_sensitivity=args.target_sensitivity,

@@ -50,6 +50,8 @@ FAILURE_REASONS = {
     0x0124: "not authorized",
 }
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+# OpenSSL's place in its source, which tells a person nothing: "(_ssl.c:2427)".
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
 
 
 def open_session(destination: Destination) -> requests.Session:
@@ -61,6 +63,9 @@ def open_session(destination: Destination) -> requests.Session:
     elif destination.username is not None:
         session.auth = (destination.username, destination.password or "")
     session.verify = verify(destination)
+    if destination.client_certificate is not None:
+        session.cert = (str(destination.client_certificate),
+                        str(destination.client_private_key))
     return session
 
 
@@ -148,8 +153,7 @@ def request_failure(destination: Destination, exc: requests.RequestException,
     """One line for a request that got no HTTP answer: what a person checks next."""
     where = destination.where
     if isinstance(exc, requests.exceptions.SSLError):
-        return (f"{where}: TLS failed ({_reason(exc)}); check verify_tls and ca_file against "
-                "the server's certificate")
+        return f"{where}: TLS failed ({_reason(exc)}); {_tls_advice(destination, exc)}"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return f"cannot connect to {where} (no answer within {destination.timeout_seconds:g} s)"
     if isinstance(exc, requests.exceptions.Timeout):
@@ -157,8 +161,40 @@ def request_failure(destination: Destination, exc: requests.RequestException,
     if any(isinstance(c, NewConnectionError) for c in _causes(exc)):
         return f"cannot connect to {where} ({_reason(exc)})"
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return f"{where}: connection lost before the answer ({_reason(exc)})"
+        lost = f"{where}: connection lost before the answer ({_reason(exc)})"
+        if destination.url.startswith("https:"):
+            # In TLS 1.3 the client's side of the handshake ends first: a server that then
+            # refuses our certificate (or its absence) may just close the connection.
+            return f"{lost}; a server that refuses a client certificate closes so too: " + (
+                _client_certificate_advice(destination))
+        return lost
     return f"{where}: {type(exc).__name__} ({_reason(exc)})"
+
+
+def _tls_advice(destination: Destination, exc: requests.exceptions.SSLError) -> str:
+    """What to check after a failed handshake: our check of the server's certificate, or
+    the server's of ours.
+
+    A server that refuses our client certificate (or its absence) sends an alert or, in
+    TLS 1.3, where our side of the handshake is already over, may just close: both are
+    taken as its refusal. A key that does not match its certificate fails before any
+    connection (preflight checks the pair at start).
+    """
+    causes = _causes(exc)
+    if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
+        return "check verify_tls and ca_file against the server's certificate"
+    text = " ".join(str(c) for c in causes).lower()
+    if "alert" in text or any(isinstance(c, ssl.SSLEOFError) for c in causes):
+        return f"the server ended the handshake: {_client_certificate_advice(destination)}"
+    return ("check verify_tls and ca_file against the server's certificate, and "
+            "client_certificate if the server asks for one")
+
+
+def _client_certificate_advice(destination: Destination) -> str:
+    if destination.client_certificate is None:
+        return ("if it requires a client certificate, set client_certificate and "
+                "client_private_key")
+    return "check that it accepts client_certificate (signed by a CA it trusts, not expired)"
 
 
 def _status(response: requests.Response) -> str:
@@ -196,7 +232,7 @@ def _reason(exc: Exception) -> str:
         if isinstance(cause, ssl.SSLError) and cause.reason:
             return str(cause.reason).lower().replace("_", " ")
         if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror.lower()
+            return _SSL_SOURCE.sub("", cause.strerror).lower()
     text = str(exc)
     found = _ERRNO.search(text)
     if found:

@@ -131,23 +131,38 @@ def check_tls(settings: Settings) -> None:
                           f"({exc.strerror or exc}); make it readable by this process") from None
 
 
-def check_destination_cas(settings: Settings) -> None:
-    """Each DICOMweb destination's ``ca_file`` loads as PEM (settings only checked it exists);
-    otherwise every send would fail on it, each a retry, until the dead letters."""
+def check_destination_tls_files(settings: Settings) -> None:
+    """Each DICOMweb destination's ``ca_file`` loads as PEM, and its client certificate
+    with its key (settings only checked the files exist); otherwise every send would fail
+    on them, each a retry, until the dead letters."""
     for index, destination in enumerate(settings.destinations):
-        if destination.ca_file is None:
-            continue
-        key = f"destinations.{index}.ca_file"
-        try:
-            ssl.create_default_context(cafile=str(destination.ca_file))
-        except ssl.SSLError as exc:
-            raise ConfigError(f"{key}: {destination.ca_file} holds no PEM CA certificate "
-                              f"({exc.reason or exc}); give the PEM bundle of the CAs that "
-                              "sign the server's certificate") from None
-        except OSError as exc:
-            raise ConfigError(f"{key}: cannot read {destination.ca_file} "
-                              f"({exc.strerror or exc}); make it readable by this process") \
-                from None
+        if destination.ca_file is not None:
+            key = f"destinations.{index}.ca_file"
+            try:
+                ssl.create_default_context(cafile=str(destination.ca_file))
+            except ssl.SSLError as exc:
+                raise ConfigError(f"{key}: {destination.ca_file} holds no PEM CA certificate "
+                                  f"({exc.reason or exc}); give the PEM bundle of the CAs "
+                                  "that sign the server's certificate") from None
+            except OSError as exc:
+                raise _unreadable(key, destination.ca_file, exc) from None
+        if destination.client_certificate is not None:
+            key = f"destinations.{index}.client_certificate"
+            try:
+                ssl.create_default_context().load_cert_chain(
+                    str(destination.client_certificate), str(destination.client_private_key))
+            except ssl.SSLError as exc:
+                raise ConfigError(f"{key}: {destination.client_certificate} does not load "
+                                  f"with client_private_key ({exc.reason or exc}); give PEM "
+                                  "files whose key matches the certificate") from None
+            except OSError as exc:
+                raise _unreadable(key, exc.filename or destination.client_certificate,
+                                  exc) from None
+
+
+def _unreadable(key: str, path: object, exc: OSError) -> ConfigError:
+    return ConfigError(f"{key}: cannot read {path} ({exc.strerror or exc}); make it readable "
+                       "by this process")
 
 
 def listen_error(settings: Settings, exc: OSError) -> ConfigError:
@@ -204,7 +219,7 @@ def open_checked(settings: Settings, listen: bool, analyse: bool) -> Database:
     """Every check above, in order, before a model is loaded; the migrated database."""
     check_data_dir(settings)
     warn_if_disk_low(settings)
-    check_destination_cas(settings)
+    check_destination_tls_files(settings)
     db = connect_database(settings)
     try:
         if listen:

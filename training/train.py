@@ -117,6 +117,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be 0 to epochs ({self.epochs}), "
+                             f"got {self.warmup_epochs}")
         for name in ("target_sensitivity", "target_specificity"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} must be in (0, 1)")

@@ -19,6 +19,7 @@ import uvicorn
 
 from config.settings import ConfigError, WebSettings
 from node.preflight import bind_error
+from node.web.client_certificates import ClientCertificateProtocol
 
 LOGGER = logging.getLogger("cxr_node.web")
 STARTUP_TIMEOUT_SECONDS = 15.0
@@ -67,16 +68,23 @@ class WebServer:
 
     def start(self) -> None:
         tls = self.web.tls
+        # Client certificates: asked for, not required (the console's browsers have none);
+        # one that is given must verify against the CAs, and reaches the app's scope.
+        client_cas = tls.client_ca_certificates if tls.enabled else None
         config = uvicorn.Config(
             self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-            http="httptools",
+            http=ClientCertificateProtocol if client_cas else "httptools",
             ssl_certfile=str(tls.certificate) if tls.enabled else None,
             ssl_keyfile=str(tls.private_key) if tls.enabled else None,
+            ssl_cert_reqs=ssl.CERT_OPTIONAL if client_cas else ssl.CERT_NONE,
+            ssl_ca_certs=str(client_cas) if client_cas else None,
             timeout_graceful_shutdown=2)
         try:
             config.load()  # builds the TLS context: a bad file is refused here, in one line
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"web.tls: the certificate or private key does not load "
+            files = ("certificate, private key or client_ca_certificates" if client_cas
+                     else "certificate or private key")
+            raise ConfigError(f"web.tls: the {files} does not load "
                               f"({getattr(exc, 'reason', None) or exc}); give PEM files whose "
                               "key matches the certificate") from None
         self._socket = _bind(self.web, self.requested_port, self.key)

@@ -134,6 +134,55 @@ def test_dicomweb_destination_mistake_is_one_line_naming_the_key(tmp_path, data,
     assert line.startswith(expected)
 
 
+@pytest.mark.parametrize(("keys", "expected"), [
+    ({"client_certificate": "client.crt"},
+     "destinations.0: client_certificate and client_private_key go together (our certificate "
+     "and its key, PEM): give both or neither"),
+    ({"client_certificate": "client.crt", "client_private_key": "nowhere.key"},
+     'destinations.0.client_private_key: "{tmp}/nowhere.key" is not a readable file'),
+    ({"url": "http://archive.example/dicom-web", "client_certificate": "client.crt",
+      "client_private_key": "client.key"},
+     "destinations.0: client_certificate is set but url is not https://; a client "
+     "certificate is presented only over TLS"),
+    ({"kind": "dimse", "ae_title": "PACS", "host": "pacs", "port": 104, "url": None,
+      "client_certificate": "client.crt", "client_private_key": "client.key"},
+     "destinations.0: client_certificate, client_private_key are for kind: dicomweb only"),
+], ids=["certificate-without-key", "key-missing", "http-url", "on-dimse"])
+def test_destination_client_certificate_mistake_is_one_line_naming_the_key(tmp_path, keys,
+                                                                           expected):
+    for name in ("client.crt", "client.key"):
+        (tmp_path / name).write_text("(PEM)")
+    given = {k: str(tmp_path / v) if k.startswith("client_") else v for k, v in keys.items()}
+    entry = {"name": "ARCHIVE", "kind": "dicomweb", "url": "https://archive.example/dicom-web",
+             **given}
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(write_config(tmp_path, {"destinations": [
+            {k: v for k, v in entry.items() if v is not None}]}), environ={})
+
+    [line] = str(error.value).splitlines()
+    assert line.startswith(expected.format(tmp=tmp_path))
+
+
+@pytest.mark.parametrize(("tls", "expected"), [
+    ({"enabled": False, "client_ca_certificates": "ca.crt"},
+     "web.tls: client_ca_certificates is set but enabled is false; client certificates come "
+     "only over TLS: enable it or remove the key"),
+    ({"enabled": True, "certificate": "server.crt", "private_key": "server.key",
+      "client_ca_certificates": "nowhere.crt"},
+     'web.tls: client_ca_certificates "{tmp}/nowhere.crt" is not a readable file'),
+], ids=["tls-off", "file-missing"])
+def test_web_client_ca_certificates_mistake_is_one_line_naming_the_key(tmp_path, tls, expected):
+    for name in ("ca.crt", "server.crt", "server.key"):
+        (tmp_path / name).write_text("(PEM)")
+    given = {k: str(tmp_path / v) if isinstance(v, str) else v for k, v in tls.items()}
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(write_config(tmp_path, {"web": {"tls": given}}), environ={})
+
+    assert str(error.value) == expected.format(tmp=tmp_path)
+
+
 def test_dicomweb_destination_keeps_what_the_sender_needs(tmp_path):
     (tmp_path / "ca.pem").write_text("(a CA bundle)")
     settings = load_settings(write_config(tmp_path, {"destinations": [

@@ -1,16 +1,19 @@
-"""DICOMweb peers: tokens made by the CLI admit their peer, and nothing else does."""
+"""DICOMweb peers: tokens and certificates made known by the CLI admit their peer, and
+nothing else does."""
 
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from config.settings import ConfigError, load_settings
+from config.settings import ConfigError, Settings, load_settings
 from node.web.dicomweb.peers import Peers, token_sha256
+from tests.certificates import Pki, make_pki
 from tests.peers import REPO
 
 
@@ -73,3 +76,115 @@ def test_a_wrong_peer_setting_is_one_line_naming_the_key(tmp_path, peers, key):
 
     assert str(error.value).startswith(f"{key}: ")
     assert "\n" not in str(error.value)
+
+
+@pytest.fixture
+def pki(tmp_path, tool) -> Pki:
+    return make_pki(tool, tmp_path / "pki")
+
+
+def der(pki: Pki, name: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pki.crt(name).read_text())
+
+
+def with_client_cas(pki: Pki, peers: list[dict]) -> dict:
+    return {"web": {"tls": {"enabled": True, "certificate": str(pki.crt("server")),
+                            "private_key": str(pki.key("server")),
+                            "client_ca_certificates": str(pki.crt("ca"))}},
+            "dicomweb": {"peers": peers}}
+
+
+def test_certificate_command_prints_the_entry_that_admits_the_certificate(tmp_path, pki, tool):
+    result = run_cli("dicomweb", "certificate", "ris", str(pki.crt("client")))
+
+    assert result.returncode == 0, result.stderr
+    comment, entry_line = result.stdout.splitlines()
+    assert comment.startswith("# CN=client,O=cxr-node tests, expires 20")
+    assert comment.endswith(" UTC")
+    entry = yaml.safe_load(entry_line.split(": - ", 1)[1])
+    # The digest openssl prints (AB:CD:...) is the same one.
+    fingerprint = subprocess.run([tool("openssl"), "x509", "-in", str(pki.crt("client")),
+                                  "-noout", "-fingerprint", "-sha256"], capture_output=True,
+                                 text=True, check=True).stdout.strip().split("=", 1)[1]
+    assert entry == {"name": "ris", "certificate_sha256": fingerprint.replace(":", "").lower()}
+    config = tmp_path / "cxr-node.yaml"
+    config.write_text(yaml.safe_dump(with_client_cas(pki, [entry])))
+    peers = Peers(load_settings(config, environ={}).dicomweb.peers)
+    assert peers.identify(None, der(pki, "client"))[0].name == "ris"
+    assert peers.identify(None, der(pki, "stranger"))[0] is None
+
+
+@pytest.mark.parametrize("which", ["key", "missing"])
+def test_certificate_command_refuses_what_is_not_a_pem_certificate_in_one_line(pki, which):
+    path = pki.key("client") if which == "key" else pki.folder / "nowhere.crt"
+
+    result = run_cli("dicomweb", "certificate", "ris", str(path))
+
+    assert result.returncode == 2
+    expected = ("is not a PEM certificate (-----BEGIN CERTIFICATE-----)" if which == "key"
+                else "No such file or directory")
+    assert result.stderr.splitlines() == [
+        f"cxr-node dicomweb certificate: error: {path}{' ' if which == 'key' else ': '}"
+        f"{expected}"]
+
+
+def test_a_peers_certificate_admits_it_and_another_certificate_is_named_by_its_digest(pki):
+    token = "ris-token-" + "x" * 40
+    peers = Peers(Settings.model_validate(with_client_cas(pki, [
+        {"name": "modality", "certificate_sha256": pki.sha256("client")},
+        {"name": "ris", "token_sha256": token_sha256(token)}])).dicomweb.peers)
+
+    assert peers.identify(None, der(pki, "client"))[0].name == "modality"
+    # A certificate that is no peer's: the token decides, as without a certificate.
+    assert peers.identify(f"Bearer {token}", der(pki, "stranger"))[0].name == "ris"
+    assert peers.identify(None, der(pki, "stranger")) == (None, (
+        f"the client certificate (SHA-256 {pki.sha256('stranger')}) is not a peer's; "
+        "no Authorization header"))
+    assert peers.identify("Bearer guess", der(pki, "stranger"))[1].endswith(
+        "is not a peer's; unknown bearer token")
+    assert peers.identify(None) == (None, "no client certificate or Authorization header (a "
+                                          "peer's certificate or bearer token is required)")
+
+
+def test_openssl_fingerprint_form_is_taken_and_kept_as_plain_hex(pki):
+    colons = ":".join(pki.sha256("client")[i:i + 2].upper() for i in range(0, 64, 2))
+
+    settings = Settings.model_validate(with_client_cas(pki, [
+        {"name": "modality", "certificate_sha256": colons}]))
+
+    assert settings.dicomweb.peers[0].certificate_sha256 == pki.sha256("client")
+
+
+@pytest.mark.parametrize(("peers", "key", "words"), [
+    ([{"name": "ris"}], "dicomweb.peers.0",
+     "peer ris has neither token_sha256 nor certificate_sha256; give one of them, or both"),
+    ([{"name": "ris", "certificate_sha256": "AB:CD"}], "dicomweb.peers.0.certificate_sha256",
+     "is not a SHA-256 digest (64 hex digits, with or without colons)"),
+    ([{"name": "ris", "certificate_sha256": "a" * 64},
+      {"name": "pacs", "certificate_sha256": "A" * 64}], "dicomweb.peers",
+     "peers pacs, ris have the same certificate_sha256"),
+], ids=["neither-digest", "bad-certificate-digest", "shared-certificate"])
+def test_a_wrong_certificate_peer_is_one_line_naming_the_key(pki, tmp_path, peers, key, words):
+    config = tmp_path / "cxr-node.yaml"
+    config.write_text(yaml.safe_dump(with_client_cas(pki, peers)))
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(config, environ={})
+
+    [line] = str(error.value).splitlines()
+    assert line.startswith(f"{key}: ") and words in line
+
+
+def test_a_certificate_peer_without_client_ca_certificates_is_refused_naming_the_key(tmp_path):
+    config = tmp_path / "cxr-node.yaml"
+    config.write_text(yaml.safe_dump({"dicomweb": {"peers": [
+        {"name": "ris", "token_sha256": "0" * 64},
+        {"name": "modality", "certificate_sha256": "a" * 64}]}}))
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(config, environ={})
+
+    assert str(error.value) == (
+        "dicomweb.peers.1.certificate_sha256: peer modality is known by a client certificate, "
+        "but web.tls.client_ca_certificates is not set, so the web service never asks for "
+        "one: set it (the CAs that sign the peers' certificates) or remove the key")

@@ -2,9 +2,9 @@
 
 A real HTTP(S) server on a free port answers each POST with a canned PS3.18 response, the
 way archives answer that are not at hand here (a 202 with one instance failed, a 503
-page, a redirect, a stalled server, a certificate from a private CA); what it received is
-parsed with python-multipart, a parser of its own. Orthanc's answers are in
-tests/integration/test_dicomweb_destination.py.
+page, a redirect, a stalled server, a certificate from a private CA, a server that requires
+a client certificate); what it received is parsed with python-multipart, a parser of its
+own. Orthanc's answers are in tests/integration/test_dicomweb_destination.py.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import pydicom
 import pytest
 from python_multipart import MultipartParser
 
-from config.settings import Destination, Settings
+from config.settings import ConfigError, Destination, Settings
 from node.demo_pacs import free_port
 from node.dicomweb_send import open_session, store_study
+from node.preflight import check_destination_tls_files
+from tests.certificates import Pki, make_pki
 from tests.factories import write_dx
 
 DICOM_JSON = "application/dicom+json"
@@ -291,3 +293,61 @@ def test_https_checks_the_certificate_against_ca_file_or_refuses(study, private_
     assert refusal.endswith("check verify_tls and ca_file against the server's certificate")
     assert list(trusted.values()) == [""] and list(accepted.values()) == [""]
     assert len(server.received) == 2  # the refused one never got past the handshake
+
+
+@pytest.fixture
+def pki(tmp_path, tool) -> Pki:
+    return make_pki(tool, tmp_path / "pki")
+
+
+def requiring_client_certificates(pki: Pki) -> ssl.SSLContext:
+    """An HTTPS server context that ends the handshake without a certificate from pki's CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.crt("server"), pki.key("server"))
+    context.load_verify_locations(pki.crt("ca"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def test_client_certificate_is_presented_and_a_refusal_of_it_says_what_to_check(study, pki):
+    study_uid, instances = study
+    answers = [(200, {"Content-Type": DICOM_JSON}, stow_response([instances[0][0]]))]
+    with CannedServer(answers, tls=requiring_client_certificates(pki)) as server:
+        url = f"https://127.0.0.1:{server.port}/dicom-web"
+
+        def send(certificate: str | None) -> str:
+            keys = {"client_certificate": str(pki.crt(certificate)),
+                    "client_private_key": str(pki.key(certificate))} if certificate else {}
+            target = destination(url, ca_file=str(pki.crt("ca")), **keys)
+            [outcome] = store_study(open_session(target), target, study_uid,
+                                    instances[:1]).values()
+            return outcome
+
+        ours, without, outsider = send("client"), send(None), send("outsider")
+
+    assert ours == ""
+    assert len(server.received) == 1  # the others never got past the handshake
+    where = f"ARCHIVE ({url})"
+    # TLS 1.3 ends our side of the handshake first: the refusal is an alert, or the close.
+    assert without.startswith((f"{where}: TLS failed (", f"{where}: connection lost"))
+    assert without.endswith("if it requires a client certificate, set client_certificate "
+                            "and client_private_key")
+    assert outsider.startswith((f"{where}: TLS failed (", f"{where}: connection lost"))
+    assert outsider.endswith("check that it accepts client_certificate (signed by a CA it "
+                             "trusts, not expired)")
+    assert "_ssl.c" not in without + outsider
+
+
+def test_a_client_key_that_is_not_the_certificates_is_refused_at_start(pki):
+    settings = Settings.model_validate({"destinations": [{
+        "name": "ARCHIVE", "kind": "dicomweb", "url": "https://archive.example/dicom-web",
+        "client_certificate": str(pki.crt("client")),
+        "client_private_key": str(pki.key("stranger"))}]})
+
+    with pytest.raises(ConfigError) as refused:
+        check_destination_tls_files(settings)
+
+    assert str(refused.value).startswith(
+        f"destinations.0.client_certificate: {pki.crt('client')} does not load with "
+        "client_private_key (")
+    assert str(refused.value).endswith("give PEM files whose key matches the certificate")

@@ -175,3 +175,25 @@ def test_a_validation_split_without_boxes_ends_with_a_model_and_says_why(first_e
     card = ModelCard.load(model_dir)
     assert card.metrics["validation"]["values"]["map50"] is None
     assert set(card.thresholds.values()) == {0.5}  # no positives to choose from, no parent
+
+
+def test_warmup_is_a_fraction_of_the_run_and_a_longer_one_is_refused(tmp_path):
+    from training.train import _lr_factor
+
+    config = TrainConfig(data=tmp_path, out=tmp_path / "run", epochs=1, warmup_epochs=0.1)
+    steps = 74
+    warmup = int(config.warmup_epochs * steps)
+    factors = [_lr_factor(step, steps, warmup) for step in range(steps)]
+
+    assert warmup == 7 and factors[warmup - 1] == 1.0  # full rate after 7 steps, not 74
+    assert factors[warmup:] == sorted(factors[warmup:], reverse=True)  # then only decays
+    with pytest.raises(ValueError, match=r"warmup_epochs must be 0 to epochs \(2\), got 3"):
+        TrainConfig(data=tmp_path, out=tmp_path / "run", epochs=2, warmup_epochs=3)
+
+    run = subprocess.run([sys.executable, "-m", "node.cli", "train", "--data", str(tmp_path),
+                          "--out", str(tmp_path / "run"), "--epochs", "1",
+                          "--warmup-epochs", "-1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert "--warmup-epochs must be 0 to epochs (1), got -1.0" in line

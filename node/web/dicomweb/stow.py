@@ -38,6 +38,7 @@ from config.settings import DicomwebPeer, Settings
 from node.ingest import Ingest, StoreRequest, StoreResult
 from node.metrics import NodeMetrics
 from node.statuses import StoreStatus
+from node.web.client_certificates import client_certificate
 from node.web.dicomweb.multipart import (
     MultipartError,
     MultipartLimit,
@@ -188,7 +189,8 @@ class StowService:
 
     async def store_instances(self, request: Request) -> Response:
         address = request.client.host if request.client else "unknown"
-        peer, why = self.peers.identify(request.headers.get("authorization"))
+        peer, why = self.peers.identify(request.headers.get("authorization"),
+                                        client_certificate(request.scope))
         if peer is None:
             await run_in_threadpool(self._audit_unauthorised, why, address)
             return PlainTextResponse(f"{why}\n", status_code=401, headers={

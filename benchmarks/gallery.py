@@ -1,8 +1,7 @@
 """The README's gallery: generated chest radiographs beside the real one, at the same size.
 
 A reader judging whether the phantoms could teach a detector anything about real films
-needs to see them next to one: the classic style (what the bundled model before 0.6.0 was
-trained on), cases of the radiograph style, and RG1_UNCR from ``pydicom-data`` (a test
+needs to see them next to one: the classic style (what the bundled model was trained on), cases of the radiograph style, and RG1_UNCR from ``pydicom-data`` (a test
 image only, never training data), each shown as a radiologist would (the node's own
 display path: modality and VOI LUT, percentile stretch, MONOCHROME1 inverted), fitted into
 the same square tile, with the generated findings' boxes outlined and named.
@@ -26,7 +25,7 @@ from model.preprocess import pixels_for_display  # noqa: E402
 
 TILE = 384
 CAPTION = 22
-SEED = 5  # not a training seed of the bundled model (1, 21, 23, 100-199) nor a test seed
+SEED = 5  # no training set's seed (1; the radiograph candidate's 21, 23, 100-159)
 RADIOGRAPH_CASES = (0, 1, 3, 6)
 SIZE_RANGE = (768, 1280)
 

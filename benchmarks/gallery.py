@@ -1,9 +1,10 @@
 """The README's gallery: generated chest radiographs beside the real one, at the same size.
 
 A reader judging whether the phantoms could teach a detector anything about real films
-needs to see them next to one: the classic style (what the bundled model was trained on), cases of the radiograph style, and RG1_UNCR from ``pydicom-data`` (a test
-image only, never training data), each shown as a radiologist would (the node's own
-display path: modality and VOI LUT, percentile stretch, MONOCHROME1 inverted), fitted into
+needs to see them next to one: the classic style (what the bundled model was trained on),
+cases of the radiograph style, and RG1_UNCR from ``pydicom-data`` (a test image only,
+never training data), each shown as a radiologist would (the node's own display path:
+modality and VOI LUT, percentile stretch, MONOCHROME1 inverted), fitted into
 the same square tile, with the generated findings' boxes outlined and named.
 
     python benchmarks/gallery.py --out docs/images/phantom-gallery.jpg

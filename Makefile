@@ -8,8 +8,8 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 DEBIAN_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb openssl chromium
 TOOL_BINARIES := storescu echoscu storescp dcmconv dcmcjpls dcmp2pgm dsr2html dciodvfy Orthanc \
 	openssl chromium /usr/share/orthanc/plugins/libOrthancDicomWeb.so
-# The web viewer of the browser test and `make demo-viewer`: OHIF's prebuilt dist from npm,
-# pinned (node/viewer.py names the same version).
+# The web viewer the node serves at /viewer/ (`make demo-viewer`, the browser tests): OHIF's
+# prebuilt dist from npm, pinned (node/viewer.py names the same version).
 OHIF_VERSION := 3.13.2
 OHIF_DIST := var/ohif/$(OHIF_VERSION)/dist
 # pytest-xdist workers, a test module to a worker (tests/conftest.py): most integration tests
@@ -47,8 +47,8 @@ $(OHIF_DIST)/index.html:
 
 viewer-assets: $(OHIF_DIST)/index.html
 
-# The demo with Orthanc + OHIF as its PACS, kept up until Ctrl-C.
-demo-viewer: $(VENV)/.installed tools viewer-assets
+# The demo, then the node kept up with its own viewer (OHIF at /viewer/) until Ctrl-C.
+demo-viewer: $(VENV)/.installed viewer-assets
 	$(VENV)/bin/cxr-node demo --out var/demo --viewer
 
 run: $(VENV)/.installed

@@ -34,11 +34,12 @@ def _parser() -> argparse.ArgumentParser:
                                "generated studies and a real one, results and latency")
     demo.add_argument("--out", required=True, type=Path, help="folder for the demo's files")
     demo.add_argument("--viewer", action="store_true",
-                      help="keep the PACS (Orthanc with DICOMweb) up with OHIF in front of "
-                      "it and print where to open each study, until Ctrl-C")
+                      help="then keep the node up with its own viewer (OHIF at /viewer/ on "
+                      "its web service) and a viewer account made for the run; print where "
+                      "to open each study, until Ctrl-C")
     demo.add_argument("--ohif-dist", type=Path, default=None,
-                      help="OHIF's prebuilt dist folder (default: the one `make "
-                      "viewer-assets` fetches)")
+                      help="OHIF's prebuilt dist folder the node serves (default: the one "
+                      "`make viewer-assets` fetches)")
 
     labels = commands.add_parser("labels", help="radiologist labels")
     label_actions = labels.add_subparsers(dest="action", required=True)
@@ -459,12 +460,12 @@ def _run(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
         return serve(settings)
     if args.command == "demo":
         from node.demo import run_demo
-        from node.viewer import DEFAULT_OHIF_DIST, ViewerUnavailable, check_viewer
+        from node.viewer import DEFAULT_OHIF_DIST, ViewerUnavailable, check_ohif
 
         viewer = None
         if args.viewer:
             try:
-                viewer = check_viewer(args.ohif_dist or DEFAULT_OHIF_DIST)
+                viewer = check_ohif(args.ohif_dist or DEFAULT_OHIF_DIST)
             except ViewerUnavailable as exc:
                 return _refuse("cxr-node demo", str(exc))
         logging.getLogger().setLevel(logging.WARNING)  # the table is the demo's output

@@ -9,15 +9,19 @@ from the last image acknowledged to the SR stored at the PACS. What the PACS rec
 is written under ``DIR/received/``, the burned-in overlays as PNG under ``DIR/previews/``;
 the last line is one JSON object.
 
-With ``--viewer`` the PACS is Orthanc with its DICOMweb plugin, the sources are stored
-there too (a modality sends to both), and OHIF is served in front of it: the demo prints
-one viewer address per study and keeps both up until Ctrl-C.
+With ``--viewer`` the node keeps running with its web service on a free port of
+127.0.0.1, where it serves what it holds (the sources and its SR, GSPS and SC) over
+QIDO-RS and WADO-RS and OHIF reading them at ``/viewer/``; no other server. The PACS is
+then always the store SCP (it only times the results for the table). The demo makes a
+console account of the viewer role with a random password for this run, prints the
+viewer's address, the account and one address per study, and stops at Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -32,10 +36,11 @@ from sqlalchemy import select
 from config.settings import Settings
 from node.demo_pacs import InboxPacs, OrthancPacs, free_port
 from node.reporting import SECONDARY_CAPTURE, SR_CLASSES
-from storage.models import FindingRecord, Instance, Series, Study
+from storage.models import FindingRecord, Instance, Series, Study, UserRole
 
 MODALITY_AE = "DEMO-MODALITY"
 SYNTHETIC_SEED = 2  # held out: the bundled model was trained on seed 1
+VIEWER_ACCOUNT = "demo-viewer"  # made by --viewer, with a new random password each run
 
 
 @dataclass
@@ -99,15 +104,37 @@ def send_study(study: DemoStudy, port: int, called_ae: str) -> None:
         raise RuntimeError(f"C-STORE of {study.path.name} failed: {status}")
 
 
-def demo_settings(out: Path, pacs_port: int) -> Settings:
-    """The embedded defaults, with the demo's own data folder, modality and PACS."""
+def demo_settings(out: Path, pacs_port: int, web_port: int | None = None) -> Settings:
+    """The embedded defaults, with the demo's own data folder, modality and PACS; the web
+    service on ``web_port`` of 127.0.0.1 when given."""
+    web = {"enabled": web_port is not None, "bind_address": "127.0.0.1"}
+    if web_port is not None:
+        web["port"] = web_port
     return Settings.model_validate({
         "storage": {"data_dir": str(out / "node")},
         "dicom": {"bind_address": "127.0.0.1", "port": free_port(), "min_free_disk_bytes": 0,
                   "peers": [{"ae_title": MODALITY_AE, "hosts": ["127.0.0.1"]}]},
         "destinations": [{"name": "PACS", "ae_title": "PACS", "host": "127.0.0.1",
                           "port": pacs_port}],
+        "web": web,
     })
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    name: str
+    password: str
+
+
+def add_viewer_account(db) -> DemoAccount:  # noqa: ANN001 - storage.db.Database
+    """A console account of the viewer role with a random password, made as ``cxr-node
+    users add`` makes one (and audited so): the demo's data folder is new each run."""
+    from node.users import create_user
+
+    account = DemoAccount(VIEWER_ACCOUNT, secrets.token_urlsafe(12))
+    with db.session() as session:
+        create_user(session, account.name, UserRole.VIEWER, account.password, "cxr-node demo")
+    return account
 
 
 def _findings(settings: Settings, studies: list[DemoStudy]) -> None:
@@ -142,70 +169,86 @@ def _save_received(arrivals, out: Path) -> int:  # noqa: ANN001 - list of Arriva
 
 
 def run_demo(out: Path, timeout_s: float = 600.0, viewer_dist: Path | None = None) -> dict:
+    """The demo; with ``viewer_dist`` (OHIF's prebuilt files) the node then stays up with
+    its viewer until Ctrl-C."""
     from node.server import Node
-    from node.viewer import dicomweb_pacs
 
     out = Path(out).resolve()
     shutil.rmtree(out / "node", ignore_errors=True)
     studies = make_studies(out / "sent")
-    if viewer_dist is not None:
-        shutil.rmtree(out / "pacs", ignore_errors=True)  # the viewer lists this run only
-        pacs = dicomweb_pacs(out / "pacs")
-    else:
-        pacs = OrthancPacs(out / "pacs") if OrthancPacs.available() else InboxPacs()
+    viewer = viewer_dist is not None
+    pacs = InboxPacs() if viewer or not OrthancPacs.available() else OrthancPacs(out / "pacs")
     pacs.start()
-    settings = demo_settings(out, pacs.port)
-    node = Node(settings)
-    node.start()
     try:
-        print(f"node {settings.dicom.ae_title} on port {node.listener.port}; PACS: {pacs.name} "
-              f"on port {pacs.port}; sending {len(studies)} studies", flush=True)
-        for study in studies:
-            send_study(study, node.listener.port, settings.dicom.ae_title)
-        deadline = time.time() + timeout_s
-        waiting = {study.study_uid: study for study in studies}
-        arrivals = []
-        while waiting and time.time() < deadline:
-            time.sleep(0.1)
-            arrivals = pacs.arrivals()
-            for arrival in arrivals:
-                ds = arrival.dataset
-                study = waiting.get(str(ds.StudyInstanceUID))
-                if study is not None and ds.SOPClassUID in SR_CLASSES:
-                    study.report_at = arrival.at
-                    del waiting[study.study_uid]
-        time.sleep(2 * settings.sending.poll_interval_seconds + 1)  # the GSPS and SCs follow
-        arrivals = pacs.arrivals()
+        settings = demo_settings(out, pacs.port, free_port() if viewer else None)
+        node = Node(settings, web_port=(settings.web.port, "web.port") if viewer else None,
+                    ohif_dist=viewer_dist)
+        try:
+            # Before the web service starts: with an account there, it logs no setup link.
+            account = add_viewer_account(node.db) if viewer else None
+        except BaseException:
+            node.db.dispose()
+            raise
+        node.start()
+        try:
+            summary = _send_and_wait(node, pacs, studies, out, timeout_s)
+            if account is not None:
+                _keep_viewer_up(node, account, studies)
+        finally:
+            node.stop()
     finally:
-        node.stop()
-    _findings(settings, studies)
-    objects = _save_received(arrivals, out)
-    summary = _report(studies, objects)
-    if viewer_dist is not None:
-        _serve_viewer(pacs, studies, viewer_dist)
-    pacs.stop()
+        pacs.stop()
     return summary
 
 
-def _serve_viewer(pacs: OrthancPacs, studies: list[DemoStudy], dist: Path) -> None:
-    """The sources into the PACS beside their results, OHIF in front, until Ctrl-C."""
-    from node.viewer import ViewerServer
+def _send_and_wait(node, pacs, studies: list[DemoStudy], out: Path,  # noqa: ANN001
+                   timeout_s: float) -> dict:
+    """Send every study, wait for its SR at the PACS (the GSPS and SC follow), print the
+    table and return its summary."""
+    settings = node.settings
+    print(f"node {settings.dicom.ae_title} on port {node.listener.port}; PACS: {pacs.name} "
+          f"on port {pacs.port}; sending {len(studies)} studies", flush=True)
+    for study in studies:
+        send_study(study, node.listener.port, settings.dicom.ae_title)
+    deadline = time.time() + timeout_s
+    waiting = {study.study_uid: study for study in studies}
+    arrivals = []
+    while waiting and time.time() < deadline:
+        time.sleep(0.1)
+        arrivals = pacs.arrivals()
+        for arrival in arrivals:
+            ds = arrival.dataset
+            study = waiting.get(str(ds.StudyInstanceUID))
+            if study is not None and ds.SOPClassUID in SR_CLASSES:
+                study.report_at = arrival.at
+                del waiting[study.study_uid]
+    time.sleep(2 * settings.sending.poll_interval_seconds + 1)  # the GSPS and SCs follow
+    arrivals = pacs.arrivals()
+    _findings(settings, studies)
+    objects = _save_received(arrivals, out)
+    return _report(studies, objects)
 
+
+def _keep_viewer_up(node, account: DemoAccount,  # noqa: ANN001 - node.server.Node
+                    studies: list[DemoStudy]) -> None:
+    """Where to look and how to log in, then the node stays up until Ctrl-C."""
+    from node.viewer import OHIF_VERSION
+    from node.web.ohif import PREFIX, study_url
+
+    root = node.web.url.rstrip("/")
+    print(f"\nOHIF {OHIF_VERSION}, served by the node from what it holds: {root}{PREFIX} "
+          "(the study list)")
+    print(f"Log in as {account.name} (viewer role), password {account.password}")
+    print("Each study:")
     for study in studies:
-        send_study(study, pacs.port, pacs.ae_title)
-    viewer = ViewerServer(dist, pacs.http_port).start()
-    print(f"\nOHIF on {viewer.url}/ (the study list); each study:")
-    for study in studies:
-        print(f"  {study.description:<31} {viewer.study_url(study.study_uid)}")
-    print("In OHIF, double-click the SR series (AI findings) to see the boxes; Ctrl-C stops.",
-          flush=True)
+        print(f"  {study.description:<31} {root}{study_url(study.study_uid)}")
+    print("In OHIF, double-click the SR series (AI findings) to see the boxes; Ctrl-C stops "
+          "the node.", flush=True)
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
-    finally:
-        viewer.stop()
 
 
 def _report(studies: list[DemoStudy], objects: int) -> dict:

@@ -26,6 +26,7 @@ from node.metrics import NodeMetrics
 from node.preflight import listen_error, open_checked
 from node.scp import Listener
 from node.sender import Sender, SenderThread
+from node.viewer import DEFAULT_OHIF_DIST
 from node.web.app import build_app
 from node.web.auth import Accounts
 from node.web.dicomweb.stow import StowService
@@ -74,10 +75,13 @@ class Node:
     Everything an operator can get wrong (data directory, database, listening address,
     model folder) is checked before the model loads, so a mistake is reported in a second
     as a :class:`config.settings.ConfigError` naming the key, not after the model's seconds.
+    With ``web_port`` (port, its settings key) it runs the web service too, serving OHIF
+    from ``ohif_dist`` at ``/viewer/``.
     """
 
     def __init__(self, settings: Settings, receive: bool = True, analyse: bool = True,
-                 web_port: tuple[int, str] | None = None) -> None:
+                 web_port: tuple[int, str] | None = None,
+                 ohif_dist: Path | None = DEFAULT_OHIF_DIST) -> None:
         self.settings = settings
         self.db = open_checked(settings, listen=receive, analyse=analyse)
         if web_port is not None:
@@ -125,7 +129,7 @@ class Node:
             app = build_app(settings, self.readiness(), self.metrics,
                             "serve" if receive else "worker",
                             Accounts(settings, self.db) if receive else None, process,
-                            stow=stow)
+                            ohif_dist=ohif_dist, stow=stow)
             self.web = WebServer(app, settings.web, *web_port)
         # In one process the parts wake each other instead of waiting for their next poll.
         if self.worker and self.completion:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import getpass
 import sys
 
+from sqlalchemy.orm import Session
+
 from config.settings import Settings
 from node.admin import database
 from storage import accounts
@@ -36,14 +38,19 @@ def read_password(from_stdin: bool) -> str:
     return accounts.check_password(password)
 
 
+def create_user(session: Session, name: str, role: str, password: str, actor: str) -> None:
+    """Add the account and audit who added it (``cxr-node users add``, ``cxr-node demo``)."""
+    accounts.add_user(session, Passwords(), name, role, password)
+    record(session, AuditEventId.APPLICATION_ACTIVITY, "user-added", Outcome.SUCCESS,
+           f'console user "{name}" added as {role}', user_name=actor)
+
+
 def add_user(settings: Settings, name: str, role: str, password_stdin: bool) -> None:
     accounts.check_name(name)
     accounts.check_role(role)
     password = read_password(password_stdin)
     with database(settings) as db, db.session() as session:
-        accounts.add_user(session, Passwords(), name, role, password)
-        record(session, AuditEventId.APPLICATION_ACTIVITY, "user-added", Outcome.SUCCESS,
-               f'console user "{name}" added as {role}', user_name=cli_actor())
+        create_user(session, name, role, password, cli_actor())
     print(f"added {name} ({role})")
 
 

@@ -1,12 +1,15 @@
-"""OHIF over Orthanc's DICOMweb, for ``cxr-node demo --viewer`` and the browser test.
+"""OHIF's pinned version and configuration, and OHIF over Orthanc's DICOMweb for the browser test.
 
-A radiologist meets the node's results in a viewer, most often a web viewer reading
-DICOMweb. This serves the prebuilt OHIF (the npm package ``@ohif/app``, fetched by
-``make viewer-assets``) and, on the same origin, forwards ``/dicom-web/`` to Orthanc's
-DICOMweb plugin: one origin means no CORS set-up in Orthanc and nothing for the browser to
-refuse. OHIF's own configuration file is replaced by one that names that data source.
+The node serves OHIF itself (:mod:`node.web.ohif`, at ``/viewer/`` on its own DICOMweb,
+behind the console login; ``cxr-node demo --viewer`` shows it): from here it takes the
+version, where ``make viewer-assets`` puts the prebuilt dist, and OHIF's configuration.
 
-Only for a demo and tests on one machine: it binds 127.0.0.1 and has no authentication.
+The rest is for ``tests/integration/test_viewer.py``, where Orthanc is the PACS that the
+node sends its results to, as at a site: :class:`ViewerServer` serves the prebuilt OHIF
+(the npm package ``@ohif/app``) and, on the same origin, forwards ``/dicom-web/`` to
+Orthanc's DICOMweb plugin: one origin means no CORS set-up in Orthanc and nothing for the
+browser to refuse. It binds 127.0.0.1 and has no authentication: a test harness, not a
+deployment.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from node.demo_pacs import OrthancPacs, free_port
+from node.demo_pacs import free_port
 
 OHIF_VERSION = "3.13.2"  # the Makefile's OHIF_VERSION; the browser test asserts on it
 DEFAULT_OHIF_DIST = Path(__file__).resolve().parent.parent / "var" / "ohif" / OHIF_VERSION / "dist"
@@ -53,7 +56,7 @@ APP_CONFIG = """window.config = {
 };
 """
 DATA_SOURCE = {
-    "friendlyName": "cxr-node demo PACS (Orthanc)",
+    "friendlyName": "PACS (Orthanc)",
     "name": "orthanc",
     "wadoUriRoot": "/wado",
     "qidoRoot": "/dicom-web",
@@ -73,8 +76,8 @@ DATA_SOURCE = {
 def app_config(title: str, basename: str, source: dict) -> str:
     """OHIF's ``app-config.js``: one DICOMweb data source, ``source``, at ``basename``.
 
-    The demo's viewer (Orthanc behind a proxy) and the node's own (``/viewer/``) differ
-    only in these three.
+    The browser test's viewer (Orthanc behind a proxy) and the node's own (``/viewer/``)
+    differ only in these three.
     """
     return APP_CONFIG % {"title": title, "basename": basename, "name": source["name"],
                          "configuration": json.dumps(source, indent=2)}
@@ -84,13 +87,27 @@ class ViewerUnavailable(RuntimeError):
     """OHIF's files or Orthanc's DICOMweb plugin are not installed."""
 
 
-def check_viewer(dist: Path = DEFAULT_OHIF_DIST) -> Path:
-    """``dist`` if OHIF and the DICOMweb plugin are there; otherwise a message saying how
-    to install them."""
+def _missing_ohif(dist: Path) -> list[str]:
+    if (dist / "index.html").is_file():
+        return []
+    return [f"OHIF {OHIF_VERSION} in {dist} (run `make viewer-assets`)"]
+
+
+def check_ohif(dist: Path = DEFAULT_OHIF_DIST) -> Path:
+    """``dist`` if OHIF's prebuilt files are there; otherwise a message saying how to
+    fetch them."""
     dist = Path(dist)
-    missing = []
-    if not (dist / "index.html").is_file():
-        missing.append(f"OHIF {OHIF_VERSION} in {dist} (run `make viewer-assets`)")
+    missing = _missing_ohif(dist)
+    if missing:
+        raise ViewerUnavailable("the viewer needs " + missing[0])
+    return dist
+
+
+def check_viewer(dist: Path = DEFAULT_OHIF_DIST) -> Path:
+    """``dist`` if OHIF, Orthanc and its DICOMweb plugin are there; otherwise a message
+    saying how to install them."""
+    dist = Path(dist)
+    missing = _missing_ohif(dist)
     if not DICOMWEB_PLUGIN.is_file():
         missing.append(f"Orthanc's DICOMweb plugin {DICOMWEB_PLUGIN} "
                        "(Debian: orthanc-dicomweb)")
@@ -107,11 +124,6 @@ DICOMWEB_CONFIG = {
     "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
                  "Ssl": False},
 }
-
-
-def dicomweb_pacs(workdir: Path, ae_title: str = "PACS") -> OrthancPacs:
-    """Orthanc with its DICOMweb plugin at ``/dicom-web/``, on free ports."""
-    return OrthancPacs(workdir, ae_title, extra_config=DICOMWEB_CONFIG)
 
 
 class ViewerServer:
@@ -147,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
     viewer: ViewerServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, *_: object) -> None:  # the demo's output is its table
+    def log_message(self, *_: object) -> None:  # a line per file would bury the test's output
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name

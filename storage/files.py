@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 # PS3.5 9.1: digit groups without leading zeros separated by dots, at most 64 characters.
@@ -100,6 +101,11 @@ class IncomingFile:
             _sync_file_range(self.fd, self._written_back, self.size - self._written_back,
                              _SYNC_FILE_RANGE_WRITE)
             self._written_back = self.size
+
+    def write_all(self, buffers: Iterable[bytes | memoryview]) -> None:
+        """:meth:`write` each buffer in turn (received chunks, written without joining them)."""
+        for data in buffers:
+            self.write(data)
 
     def make_durable(self) -> None:
         """Flush every written byte to stable storage and close the descriptor."""

@@ -6,11 +6,11 @@ the certificate the handshake verified, and every request's scope gets the ASGI 
 extension (``scope["extensions"]["tls"]``, "TLS" in the ASGI specification's Extensions).
 :func:`client_certificate` reads it back for the endpoint.
 
-This is the one adapter over uvicorn's internals here (``HttpToolsProtocol`` with its
-``connection_made``, ``on_message_begin`` and ``scope``), pinned by
-tests/node/test_client_certificates.py. It fails closed: served without it (another
-server, uvicorn's h11 protocol) no scope has the extension, so no request is admitted by a
-certificate, and a bearer token is still needed.
+This is one of the two adapters over uvicorn's internals here (``HttpToolsProtocol`` with
+its ``connection_made``, ``on_message_begin`` and ``scope``; the other, which it builds on,
+is node/web/http_protocol.py), pinned by tests/node/test_client_certificates.py. It fails
+closed: served without it (another server, uvicorn's h11 protocol) no scope has the
+extension, so no request is admitted by a certificate, and a bearer token is still needed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import asyncio
 import ssl
 
 from cryptography import x509
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from node.web.http_protocol import HttpProtocol
 
 # The extension's tls_version is the TLS record's version number (RFC 8446 B.1).
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -46,7 +47,7 @@ def tls_extension(ssl_object: ssl.SSLObject) -> dict:
     }
 
 
-class ClientCertificateProtocol(HttpToolsProtocol):
+class ClientCertificateProtocol(HttpProtocol):
     """uvicorn's httptools protocol, with the TLS extension in each request's scope."""
 
     _tls: dict | None = None

@@ -20,6 +20,7 @@ import uvicorn
 from config.settings import ConfigError, WebSettings
 from node.preflight import bind_error
 from node.web.client_certificates import ClientCertificateProtocol
+from node.web.http_protocol import HttpProtocol
 
 LOGGER = logging.getLogger("cxr_node.web")
 STARTUP_TIMEOUT_SECONDS = 15.0
@@ -73,7 +74,7 @@ class WebServer:
         client_cas = tls.client_ca_certificates if tls.enabled else None
         config = uvicorn.Config(
             self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-            http=ClientCertificateProtocol if client_cas else "httptools",
+            http=ClientCertificateProtocol if client_cas else HttpProtocol,
             ssl_certfile=str(tls.certificate) if tls.enabled else None,
             ssl_keyfile=str(tls.private_key) if tls.enabled else None,
             ssl_cert_reqs=ssl.CERT_OPTIONAL if client_cas else ssl.CERT_NONE,

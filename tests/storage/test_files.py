@@ -37,12 +37,16 @@ def test_relative_path_refuses_hostile_uid(position):
         DicomFileStore.relative_path(*uids)
 
 
-def test_place_writes_exact_bytes_and_hash(tmp_path):
+@pytest.mark.parametrize("batched", [False, True], ids=["write", "write_all-views"])
+def test_place_writes_exact_bytes_and_hash(tmp_path, batched):
     store = DicomFileStore(tmp_path)
     chunks = [b"DICM" * 1000, b"\x00\x01\x02" * 777, b"end"]
     incoming = store.new_incoming(max_bytes=1_000_000)
-    for chunk in chunks:
-        incoming.write(chunk)
+    if batched:  # as STOW-RS writes: views of the received chunks, several at a time
+        incoming.write_all([memoryview(chunk)[:] for chunk in chunks])
+    else:
+        for chunk in chunks:
+            incoming.write(chunk)
     relative = DicomFileStore.relative_path(STUDY, SERIES, SOP)
 
     target = store.place(incoming, relative)

@@ -2,9 +2,10 @@
 
 STOW-RS (PS3.18 10.5) sends instances as the parts of one multipart/related body, which
 may be gigabytes long, so the parser never holds a part: it is fed chunks as they come
-off the socket and answers with events, the part's bytes in slices, keeping back only
-what may be the start of a delimiter split across two chunks. Everything it buffers is
-bounded: a part's header block by ``max_header_bytes``, the parts by ``max_parts``.
+off the socket and answers with events, the part's bytes as views of those chunks (not
+copies), keeping back only what may be the start of a delimiter split across two chunks.
+Everything it buffers is bounded: a part's header block by ``max_header_bytes``, the parts
+by ``max_parts``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class PartStart:
 
 @dataclass(frozen=True)
 class PartData:
-    data: bytes
+    """Some of a part's bytes: a read-only view of the chunk fed, which never changes."""
+
+    data: memoryview
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,11 @@ class MultipartParser:
     The first delimiter may open the body or follow a preamble; the epilogue after the
     closing delimiter is ignored. A part's body is everything between the blank line
     after its headers and the CRLF before the next delimiter (RFC 2046 5.1.1).
+
+    A part's bytes are not copied: each :class:`PartData` is a read-only view of the chunk
+    that carried them. Between chunks the parser keeps only what it cannot decide yet
+    (headers not complete, the end of a chunk that may begin a delimiter), and joins it to
+    the next chunk.
     """
 
     def __init__(self, boundary: bytes, max_header_bytes: int, max_parts: int) -> None:
@@ -97,7 +105,7 @@ class MultipartParser:
         self.max_parts = max_parts
         self.parts = 0
         # A delimiter at the very start has no CRLF before it: lend it one.
-        self._buffer = bytearray(_CRLF)
+        self._held = _CRLF
         self._state = _State.PREAMBLE
         self._skipped = 0
 
@@ -110,10 +118,19 @@ class MultipartParser:
         """The events that ``chunk`` completes, in order."""
         if self._state is _State.END:
             return []  # the epilogue
-        self._buffer += chunk
+        data = bytes(chunk)  # the same object for bytes: the views handed out must not change
+        if self._held:
+            data, self._held = self._held + data, b""
         events: list[Event] = []
-        while self._step(events):
-            pass
+        start = 0
+        while True:
+            state = self._state
+            start = self._STEPS[state](self, data, start, events)
+            if self._state is state:  # no further without more bytes
+                break
+            if self._state is _State.END:
+                return events
+        self._held = data[start:]  # bounded by each state: see the steps
         return events
 
     def close(self) -> None:
@@ -125,77 +142,57 @@ class MultipartParser:
         where = f" in part {self.parts}" if self.parts else ""
         raise MultipartError(f"the body ended{where} before the closing boundary delimiter")
 
-    # -- the states -------------------------------------------------------------------
+    # -- the states: each takes the bytes from ``start`` and returns where it stopped -----
 
-    def _step(self, events: list[Event]) -> bool:
-        """Advance as far as the buffer allows; True if another step may make progress."""
-        if self._state is _State.PREAMBLE:
-            return self._preamble()
-        if self._state is _State.AFTER_BOUNDARY:
-            return self._after_boundary()
-        if self._state is _State.HEADERS:
-            return self._headers(events)
-        if self._state is _State.BODY:
-            return self._body(events)
-        self._buffer.clear()  # END: ignore the epilogue
-        return False
-
-    def _preamble(self) -> bool:
-        found = self._buffer.find(self._delimiter)
+    def _preamble(self, data: bytes, start: int, events: list[Event]) -> int:
+        found = data.find(self._delimiter, start)
         if found < 0:
             keep = len(self._delimiter) - 1
-            drop = max(0, len(self._buffer) - keep)
-            self._skipped += drop
-            del self._buffer[:drop]
+            end = max(start, len(data) - keep)
+            self._skipped += end - start
             if self._skipped > self.max_header_bytes:
                 raise MultipartError(f"no boundary delimiter in the first {self._skipped} bytes "
                                      "of the body")
-            return False
-        del self._buffer[:found + len(self._delimiter)]
+            return end
         self._state = _State.AFTER_BOUNDARY
-        return True
+        return found + len(self._delimiter)
 
-    def _after_boundary(self) -> bool:
-        if len(self._buffer) < 2:
-            return False
-        if self._buffer.startswith(b"--"):
+    def _after_boundary(self, data: bytes, start: int, events: list[Event]) -> int:
+        if len(data) - start < 2:
+            return start
+        if data.startswith(b"--", start):
             self._state = _State.END
-            self._buffer.clear()
-            return False
-        end = self._buffer.find(_CRLF)
+            return len(data)
+        end = data.find(_CRLF, start)
         if end < 0:
-            if len(self._buffer) > _MAX_PADDING:
+            if len(data) - start > _MAX_PADDING:
                 raise MultipartError("a boundary delimiter is followed by text, not a line break")
-            return False
-        if self._buffer[:end].strip(b" \t"):
+            return start
+        if data[start:end].strip(b" \t"):
             raise MultipartError("a boundary delimiter is followed by text, not a line break "
                                  "(does a part contain the boundary?)")
-        del self._buffer[:end + 2]
         self.parts += 1
         if self.parts > self.max_parts:
             raise MultipartLimit(f"more than {self.max_parts} parts in one request "
                                  "(dicomweb.max_parts)")
         self._state = _State.HEADERS
-        return True
+        return end + 2
 
-    def _headers(self, events: list[Event]) -> bool:
-        if self._buffer.startswith(_CRLF):  # no header fields at all
-            del self._buffer[:2]
+    def _headers(self, data: bytes, start: int, events: list[Event]) -> int:
+        if data.startswith(_CRLF, start):  # no header fields at all
             events.append(PartStart({}))
             self._state = _State.BODY
-            return True
-        end = self._buffer.find(_CRLF + _CRLF)
-        if end > self.max_header_bytes or (end < 0
-                                           and len(self._buffer) > self.max_header_bytes + 4):
-            raise MultipartError(f"the headers of part {self.parts} are longer than "
-                                 f"{self.max_header_bytes} bytes (dicomweb.max_part_header_bytes)")
+            return start + 2
+        end = data.find(_CRLF + _CRLF, start, start + self.max_header_bytes + 4)
         if end < 0:
-            return False
-        block = bytes(self._buffer[:end])
-        del self._buffer[:end + 4]
-        events.append(PartStart(self._parse_headers(block)))
+            if len(data) - start > self.max_header_bytes + 4:
+                raise MultipartError(f"the headers of part {self.parts} are longer than "
+                                     f"{self.max_header_bytes} bytes "
+                                     "(dicomweb.max_part_header_bytes)")
+            return start
+        events.append(PartStart(self._parse_headers(data[start:end])))
         self._state = _State.BODY
-        return True
+        return end + 4
 
     def _parse_headers(self, block: bytes) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -212,18 +209,32 @@ class MultipartParser:
             headers[last] = value.strip()
         return headers
 
-    def _body(self, events: list[Event]) -> bool:
-        found = self._buffer.find(self._delimiter)
+    def _body(self, data: bytes, start: int, events: list[Event]) -> int:
+        found = data.find(self._delimiter, start)
+        end = found if found >= 0 else len(data) - self._delimiter_start(data, start)
+        if end > start:
+            events.append(PartData(memoryview(data)[start:end]))
         if found < 0:
-            keep = len(self._delimiter) - 1
-            if len(self._buffer) > keep:
-                cut = len(self._buffer) - keep
-                events.append(PartData(bytes(memoryview(self._buffer)[:cut])))  # one copy
-                del self._buffer[:cut]
-            return False
-        if found:
-            events.append(PartData(bytes(memoryview(self._buffer)[:found])))
+            return end
         events.append(PartEnd())
-        del self._buffer[:found + len(self._delimiter)]
         self._state = _State.AFTER_BOUNDARY
-        return True
+        return found + len(self._delimiter)
+
+    def _delimiter_start(self, data: bytes, start: int) -> int:
+        """How many bytes at the end of ``data`` may be the start of a delimiter (held back).
+
+        A delimiter begins with CR LF, so only an end from a CR on can begin one.
+        """
+        at = data.find(b"\r", max(start, len(data) - len(self._delimiter) + 1))
+        while at >= 0:
+            if self._delimiter.startswith(data[at:]):
+                return len(data) - at
+            at = data.find(b"\r", at + 1)
+        return 0
+
+    _STEPS = {
+        _State.PREAMBLE: _preamble,
+        _State.AFTER_BOUNDARY: _after_boundary,
+        _State.HEADERS: _headers,
+        _State.BODY: _body,
+    }

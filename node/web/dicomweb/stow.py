@@ -9,13 +9,14 @@ rows and study completion. The answer goes back only once every part has been st
 refused; a refused part carries the status a C-STORE would get as its Failure Reason.
 
 The body is read with a deadline for each chunk and a bound on all it holds: the
-parser's buffer, 1 MiB of a part waiting for its write, the parts of a request. Reading
-overlaps the disk: while one batch of a part is written, the next is received, and while
-one part is made durable and registered, the next is received and written (one of each in
-flight, in order, so memory stays bounded and the answer lists the parts in order). A part
-over ``dicom.max_instance_bytes`` is refused as it crosses that bound and the rest of the
-request is not read (the connection is closed after the answer). Disk writes, the fsync
-and the commit run in Starlette's thread pool, never on the event loop.
+parser's buffer, 1 MiB of a part waiting for its write (the received chunks themselves,
+not copies), the parts of a request. Reading overlaps the disk: while one batch of a part
+is written, the next is received, and while one part is made durable and registered, the
+next is received and written (one of each in flight, in order, so memory stays bounded
+and the answer lists the parts in order). A part over ``dicom.max_instance_bytes`` is
+refused as it crosses that bound and the rest of the request is not read (the connection
+is closed after the answer). Disk writes, the fsync and the commit run in Starlette's
+thread pool, never on the event loop.
 
 Served by ``cxr-node serve`` only: the completion monitor, which must not complete a study
 while a request is still sending to it, runs there beside the listener.
@@ -93,29 +94,37 @@ class _Request:
 
 
 class _Part:
-    """A part on its way to disk: its incoming file and the bytes not yet written."""
+    """A part on its way to disk: its incoming file and the bytes not yet written.
+
+    The bytes wait as the parser's views of the received chunks, not copied into a buffer.
+    """
 
     def __init__(self, incoming: IncomingFile | None) -> None:
         self.incoming = incoming  # None: refused by its headers, its bytes are dropped
-        self.pending = bytearray()
+        self.pending: list[memoryview] = []
+        self.pending_bytes = 0
 
     @property
     def size(self) -> int:
-        return (self.incoming.size if self.incoming else 0) + len(self.pending)
+        return (self.incoming.size if self.incoming else 0) + self.pending_bytes
 
     @property
     def over_bound(self) -> bool:
         return self.incoming is not None and self.size > self.incoming.max_bytes
 
-    def take(self) -> bytearray:
-        """The bytes not yet written; the part starts a new buffer for what follows."""
-        data, self.pending = self.pending, bytearray()
+    def add(self, data: memoryview) -> None:
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+
+    def take(self) -> list[memoryview]:
+        """The bytes not yet written; the part starts a new list for what follows."""
+        data, self.pending, self.pending_bytes = self.pending, [], 0
         return data
 
     def flush(self) -> None:
         data = self.take()
-        if self.incoming is not None and data:
-            self.incoming.write(data)
+        if self.incoming is not None:
+            self.incoming.write_all(data)
 
 
 def _wrong_type(headers: dict[str, str]) -> bool:
@@ -285,7 +294,7 @@ class StowService:
                     elif isinstance(event, PartData):
                         if part.incoming is None:
                             continue
-                        part.pending += event.data
+                        part.add(event.data)
                         if part.over_bound:
                             # Refused now (0xA700, as a C-STORE), not after the rest arrives.
                             await written()
@@ -294,10 +303,10 @@ class StowService:
                             stow.results.append(await run_in_threadpool(self._store, done, stow))
                             raise _Stop(_PARTS_DECIDE, "a part exceeded the instance size "
                                         "bound; the rest of the request was not read")
-                        if len(part.pending) >= WRITE_BATCH_BYTES:
+                        if part.pending_bytes >= WRITE_BATCH_BYTES:
                             await written()
                             writing = asyncio.ensure_future(
-                                run_in_threadpool(part.incoming.write, part.take()))
+                                run_in_threadpool(part.incoming.write_all, part.take()))
                     else:
                         done, part = part, None
                         if done.incoming is not None:

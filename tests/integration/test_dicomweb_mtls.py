@@ -97,9 +97,10 @@ def test_no_certificate_an_unknown_one_or_another_cas_is_refused_and_nothing_sto
     assert (status(without), status(stranger)) == (401, 401)
     assert without.stdout.startswith("no client certificate or Authorization header")
     assert pki.sha256("stranger") in stranger.stdout
-    # The handshake ends: curl gets no HTTP answer at all; as TLS 1.3 goes, it reports a
-    # TLS (35), send (55) or receive (56) failure.
-    assert status(outsider) == 0 and outsider.returncode in (35, 55, 56), outsider.stderr
+    # The handshake ends: curl gets no HTTP answer at all. Under TLS 1.3 the server refuses
+    # the certificate after curl has sent its request, so curl reports a TLS (35), send
+    # (55) or receive (56) failure, or an empty reply (52), as the timing falls.
+    assert status(outsider) == 0 and outsider.returncode in (35, 52, 55, 56), outsider.stderr
     alerts = audit_events(node, "dicomweb-unauthorised")
     assert [(a.event_id, a.peer_address) for a in alerts] == [
         (AuditEventId.SECURITY_ALERT, "127.0.0.1")] * 2  # the outsider never got in

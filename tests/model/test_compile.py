@@ -78,7 +78,9 @@ def test_compiled_once_per_batch_size_and_other_batches_padded_or_sliced(tiny_mo
         found = detector.predict_prepared([detector.prepare(ds) for ds in datasets[:batch_size]],
                                           apply_thresholds=False, batch_size=batch_size)
         expected = eager.predict(datasets[:batch_size], apply_thresholds=False)
-        assert_same_detections(expected, found, {"score": 1e-6, "box_px": 1e-4, "top": 100})
+        # The top 50 of at most 100 kept: an untrained network's scores near 0.01 are close
+        # enough for a 1e-7 difference to swap which box is 100th and which is dropped.
+        assert_same_detections(expected, found, {"score": 1e-6, "box_px": 1e-4, "top": 50})
     assert graphs == [1, 4], "no graph was built after the warm-up"
 
 

@@ -32,6 +32,19 @@ def browser_missing() -> str | None:
     return None
 
 
+def require_viewer() -> None:
+    """OHIF's files for the node to serve and a browser to open them, or the test cannot
+    run (a failure under CI=true, see tests.conftest.unavailable)."""
+    from node.viewer import DEFAULT_OHIF_DIST
+    from tests.conftest import unavailable
+
+    if not (DEFAULT_OHIF_DIST / "index.html").is_file():
+        unavailable(f"OHIF is not in {DEFAULT_OHIF_DIST} (run `make viewer-assets`)")
+    missing = browser_missing()
+    if missing:
+        unavailable(missing)
+
+
 @contextmanager
 def chromium_page(screenshots: Path) -> Iterator[OhifPage]:
     from playwright.sync_api import sync_playwright

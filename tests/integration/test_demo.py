@@ -17,8 +17,6 @@ import time
 import pydicom
 import pytest
 
-from node.viewer import DEFAULT_OHIF_DIST
-from tests.conftest import unavailable
 from tests.integration import ohif
 from tests.integration.test_viewer import findings_in, shows
 from tests.peers import CXR_NODE, REPO
@@ -31,11 +29,7 @@ STUDY_URL = re.compile(r"^  (.+?) +(http://127\.0\.0\.1:\d+/viewer/viewer\?Study
 
 
 def test_demo_sends_studies_and_shows_results_latency_previews_and_viewer(tmp_path):
-    if not (DEFAULT_OHIF_DIST / "index.html").is_file():
-        unavailable(f"OHIF is not in {DEFAULT_OHIF_DIST} (run `make viewer-assets`)")
-    missing = ohif.browser_missing()
-    if missing:
-        unavailable(missing)
+    ohif.require_viewer()
     out = tmp_path / "demo"
     errors = tmp_path / "stderr.txt"
     with errors.open("w") as stderr:

@@ -26,7 +26,6 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from sqlalchemy import select
 
-from node.viewer import DEFAULT_OHIF_DIST
 from storage import accounts
 from storage.accounts import Passwords
 from storage.models import AuditEvent, ResultKind, ResultObject, Study
@@ -419,11 +418,7 @@ def test_unknown_or_malformed_uids_are_404_or_400_and_never_a_file_outside(held)
 
 @pytest.mark.slow
 def test_radiologist_opens_the_study_in_ohif_served_by_the_node_and_sees_the_findings(held):
-    if not (DEFAULT_OHIF_DIST / "index.html").is_file():
-        unavailable(f"OHIF is not in {DEFAULT_OHIF_DIST} (run `make viewer-assets`)")
-    missing = ohif.browser_missing()
-    if missing:
-        unavailable(missing)
+    ohif.require_viewer()
     started = time.monotonic()
     chest = held.sources["chest"]
     report = pydicom.dcmread(held.node.data_dir / held.results("chest")[ResultKind.SR][0].path)

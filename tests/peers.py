@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from node.demo_pacs import OrthancPacs, free_port
+from node.demo_pacs import OrthancPacs
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CXR_NODE = [sys.executable, "-m", "node.cli"]
@@ -176,6 +177,7 @@ class OrthancProcess(OrthancPacs):
             "Name": "cxr-node-test", "SyncStorageArea": True, "StorageCompression": False,
             "DicomModalities": modalities or {}, "HttpServerEnabled": True, "StableAge": 60,
             "LogExportedResources": False, **(extra_config or {})})
+        self.port, self.http_port = free_port(), free_port()  # from this test worker's block
 
     @property
     def dicom_port(self) -> int:

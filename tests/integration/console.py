@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from config.settings import Settings
-from node.demo_pacs import free_port
 from node.metrics import NodeMetrics
 from node.web.app import build_app
 from node.web.auth import Accounts
@@ -28,6 +27,7 @@ from storage import accounts
 from storage.accounts import Passwords
 from storage.db import Database
 from storage.models import AuditEvent, User
+from tests.ports import free_port
 
 PASSWORD = "correct horse battery"
 LOCKOUT_SECONDS = 2.0

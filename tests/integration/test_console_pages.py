@@ -14,7 +14,6 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from config.settings import Settings
-from node.demo_pacs import free_port
 from node.metrics import NodeMetrics
 from node.web.app import build_app
 from node.web.auth import Accounts
@@ -37,6 +36,7 @@ from storage.models import (
     utcnow,
 )
 from tests.integration.console import Browser, Console, text_of
+from tests.ports import free_port
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 DB_PASSWORD = "s3cret-db-pass"

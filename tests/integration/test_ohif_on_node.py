@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings
-from node.demo_pacs import free_port
 from node.metrics import NodeMetrics
 from node.viewer import DEFAULT_OHIF_DIST
 from node.web.app import build_app
@@ -26,6 +25,7 @@ from storage.accounts import Passwords
 from storage.db import Database
 from tests.conftest import unavailable
 from tests.integration.console import PASSWORD, Browser
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 PAGE = ('<html><head><link href="/app.bundle.css" rel="stylesheet">'

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from model import BUNDLED_MODEL
-from node.demo_pacs import free_port
 from storage.db import POSTGRES_CONNECT_TIMEOUT_SECONDS
 from tests.conftest import unavailable
 from tests.peers import REPO, NodeProcess
+from tests.ports import free_port
 
 # `python -m node.cli` as it is, except that importing torch fails.
 WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; from node.cli import main; "

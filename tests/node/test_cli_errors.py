@@ -15,9 +15,9 @@ import yaml
 
 from config.settings import load_settings
 from node.cli import main
-from node.demo_pacs import free_port
 from storage.db import Database
 from storage.models import AuditEvent
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,10 +21,10 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from config.settings import ConfigError, WebSettings
-from node.demo_pacs import free_port
 from node.web.client_certificates import ClientCertificateProtocol, client_certificate
 from node.web.server import WebServer
 from tests.certificates import Pki, make_pki
+from tests.ports import free_port
 
 
 def params(function) -> list[str]:  # noqa: ANN001

@@ -23,11 +23,11 @@ import pytest
 from python_multipart import MultipartParser
 
 from config.settings import ConfigError, Destination, Settings
-from node.demo_pacs import free_port
 from node.dicomweb_send import open_session, store_study
 from node.preflight import check_destination_tls_files
 from tests.certificates import Pki, make_pki
 from tests.factories import write_dx
+from tests.ports import free_port
 
 DICOM_JSON = "application/dicom+json"
 

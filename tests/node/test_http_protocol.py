@@ -22,9 +22,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 import node.web.server
 from config.settings import WebSettings
-from node.demo_pacs import free_port
 from node.web.http_protocol import HttpProtocol
 from node.web.server import WebServer
+from tests.ports import free_port
 
 
 def test_uvicorn_gathers_a_body_as_the_adapter_expects():

@@ -18,7 +18,6 @@ from sqlalchemy import select, update
 
 from config.settings import Settings
 from model.phantom import synthesize_case
-from node.demo_pacs import free_port
 from node.server import Node
 from storage.intake_queue import claim_label_intakes
 from storage.models import (
@@ -30,6 +29,7 @@ from storage.models import (
     utcnow,
 )
 from tests.factories import dataset_bytes
+from tests.ports import free_port
 from tests.training.test_labels import group, radiologist_report
 
 PNEUMOTHORAX = ("SCT", "36118008", "Pneumothorax")

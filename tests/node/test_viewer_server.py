@@ -6,8 +6,8 @@ import http.client
 
 import pytest
 
-from node.demo_pacs import free_port
 from node.viewer import ViewerServer
+from tests.ports import free_port
 
 
 @pytest.fixture

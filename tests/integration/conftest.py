@@ -12,6 +12,8 @@ from storage.db import Database
 from storage.models import AuditEvent
 from tests.peers import NodeProcess
 
+NODE_LOG_LINES = 80
+
 
 @pytest.fixture
 def start_node(tmp_path, dcmtk) -> Callable[..., NodeProcess]:
@@ -23,9 +25,25 @@ def start_node(tmp_path, dcmtk) -> Callable[..., NodeProcess]:
         nodes.append(node)
         return node
 
+    start.nodes = nodes  # for the failure report below
     yield start
     for node in nodes:
         node.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201 - pytest's hook
+    """A failed test's report ends with the log of each node it started: what the node
+    did is often the only way to tell why a condition was never met (in CI, the only one:
+    the temporary directories are gone)."""
+    report = yield
+    start = getattr(item, "funcargs", {}).get("start_node")
+    if report.when == "call" and report.failed and start is not None:
+        for node in start.nodes:
+            lines = node.log().splitlines()[-NODE_LOG_LINES:]
+            report.sections.append((f"{node.workdir.name}: the last {len(lines)} lines of "
+                                    "its log", "\n".join(lines)))
+    return report
 
 
 @pytest.fixture

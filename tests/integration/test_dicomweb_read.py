@@ -434,7 +434,7 @@ def test_radiologist_opens_the_study_in_ohif_served_by_the_node_and_sees_the_fin
         page.page.get_by_role("link", name="Open in the viewer").click()
         page.page.get_by_text("Skip all").click()  # OHIF's tour, once the image is up
         print(f"\nstudy opened from the node: {page.shot('1-study')}")
-        page.open_series(ohif.SR_TITLE, labels=len(expected))
+        page.open_series(ohif.SR_TITLE)
         labels = page.overlay_labels(len(expected))
         print(f"labels on the image: {labels}  ({page.shot('2-sr')})")
         for name, percent in expected:

@@ -138,7 +138,7 @@ def test_radiologist_sees_each_finding_by_name_and_probability_in_ohif(start_nod
                 for number in (1, 0):  # one is Comprehensive SR, the other 3D SR
                     page.open_series(str(case.dataset.SeriesDescription))
                     page.wait_for_no_labels()  # the image alone, before the next report
-                    page.open_series(ohif.SR_TITLE, number, labels=len(expected))
+                    page.open_series(ohif.SR_TITLE, number)
                     labels = page.overlay_labels(len(expected))
                     print(f"labels on the image before tracking: {labels}  "
                           f"({page.shot(f'1-sr-{number}-before-tracking')})")

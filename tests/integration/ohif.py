@@ -99,9 +99,8 @@ class OhifPage:
 
         On a slowed machine OHIF 3.13 now and then shows an SR it previews with no box and
         no prompt to track, though its console lists each measurement ("Measurement is
-        preview, skipping..."); opening the series again does not help. In each such
-        screenshot the study browser listed the PR before the SR, in each good one after
-        it. A failure names its screenshot and OHIF's console.
+        preview, skipping..."); opening the series again does not help. A failure names
+        its screenshot and OHIF's console.
         """
         from playwright.sync_api import TimeoutError as StepTimeout
 

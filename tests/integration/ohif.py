@@ -19,7 +19,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--no-first-run", "--disable-background-network
 STEP_TIMEOUT_MS = 60_000
 SR_TITLE = "AI findings (cxr-node)"  # node.reporting's SR Series Description
 SC_TITLE = "AI findings burned-in"
-_LABELS_DRAWN = "document.querySelectorAll('svg text').length >= {count}"
 
 
 def browser_missing() -> str | None:
@@ -99,14 +98,15 @@ class OhifPage:
 
         On a slowed machine OHIF 3.13 now and then shows an SR it previews with no box and
         no prompt to track, though its console lists each measurement ("Measurement is
-        preview, skipping..."); opening the series again does not help. A failure names
-        its screenshot and OHIF's console.
+        preview, skipping..."). A second double-click on the SR does not draw them; the
+        image series alone and then the SR again does, but OHIF then does not ask to track
+        a second time. A failure names its screenshot and OHIF's console.
         """
         from playwright.sync_api import TimeoutError as StepTimeout
 
         script = "els => els.map(e => e.textContent.trim()).filter(t => t)"
         try:
-            self.page.wait_for_function(_LABELS_DRAWN.format(count=count))
+            self.page.wait_for_function(f"document.querySelectorAll('svg text').length >= {count}")
         except StepTimeout:
             shown = self.shot("no-labels")
             raise AssertionError(f"fewer than {count} labels drawn after {STEP_TIMEOUT_MS} ms "

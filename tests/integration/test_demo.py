@@ -63,11 +63,11 @@ def test_demo_sends_studies_and_shows_results_latency_previews_and_viewer(tmp_pa
                 page.page.get_by_role("button", name="Log in").click()
                 page.page.get_by_text("Skip all").click()  # OHIF's tour, once the image is up
                 page.open_series(ohif.SR_TITLE)
-                # Tracked, as a radiologist keeps them: under load OHIF 3.13 now and then
-                # draws no box of an SR it only previews (the prompt to track is up, no
-                # label within 60 s); tracked, it lists each finding and draws each box
-                # (labelled with its statistics). The names on the previewed boxes are
-                # test_viewer.py's and test_dicomweb_read.py's to check.
+                # Tracked, as a radiologist keeps them: tracked, OHIF lists each finding and
+                # draws each box (labelled with its statistics). The names on the previewed
+                # boxes, which a slowed OHIF draws only once the image is redrawn
+                # (ohif.OhifPage.overlay_labels), are test_viewer.py's and
+                # test_dicomweb_read.py's to check.
                 panel = page.track_measurements(len(expected))
                 boxes = page.overlay_labels(len(expected))
                 print(f"\n{description}, opened from the demo's address: {panel!r}  "

@@ -70,6 +70,27 @@ BUNDLED_MODEL_MODULES = {"tests/integration/test_results_flow.py": 300,
 # Modules that share a costly session fixture run in the same xdist worker, so that it is
 # built once, not in each: a training run (trained_squares).
 SHARED_WORKER = {"tests/training/test_calibrate.py": "tests/training/test_train.py"}
+# The modules that take longest, in seconds of their tests (setup included) in a `make test`
+# on the 2-core VM (2026-12-01): they start first, longest first, so that no worker is left
+# with one of them while the others have finished. xdist's own order (most tests first)
+# left test_compile.py, four tests but three minutes with inductor's cache cold, for last.
+# The rest follow in collection order. tests/test_markers.py checks that each still exists.
+MODULE_SECONDS = {
+    "tests/model/test_compile.py": 230,  # 54 with /tmp/torchinductor_* from an earlier run
+    "tests/integration/test_results_flow.py": 138,
+    "tests/training/test_train.py": 96,  # with test_calibrate.py, its shared training run
+    "tests/training/test_learning_loop.py": 87,
+    "tests/test_device_check.py": 73,
+    "tests/training/test_distributed.py": 70,
+    "tests/integration/test_dicomweb_destination.py": 64,
+    "tests/integration/test_startup_errors.py": 64,
+    "tests/integration/test_demo.py": 61,
+    "tests/integration/test_backup_restore.py": 58,
+    "tests/integration/test_dicomweb_read.py": 52,
+    "tests/integration/test_receive.py": 46,
+    "tests/integration/test_viewer.py": 44,
+    "tests/integration/test_tls.py": 40,
+}
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
@@ -82,10 +103,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return SHARED_WORKER.get(module, module)
+            return _scope(nodeid)
 
+    config.option.loadscopereorder = False  # the collection's order: MODULE_SECONDS first
     return ModuleScheduling(config, log)
+
+
+def _scope(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return SHARED_WORKER.get(module, module)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -94,9 +120,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``integration``: everything under tests/integration, and any test that starts a real
     peer (dcmtk, a node process, PostgreSQL). A ``pytestmark`` in a conftest.py marks
     nothing, which is how 38 of 39 integration tests went unmarked. ``slow``: SLOW_TESTS
-    and the modules that mark themselves. ``make test-unit`` runs neither.
+    and the modules that mark themselves. ``make test-unit`` runs neither. The longest
+    modules come first (MODULE_SECONDS), each module's tests in their own order.
     """
     integration = TESTS / "integration"
+    items.sort(key=lambda item: -MODULE_SECONDS.get(_scope(item.nodeid), 0))  # stable
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if (integration in Path(item.path).parents

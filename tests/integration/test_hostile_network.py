@@ -237,6 +237,9 @@ def test_empty_affected_sop_instance_uid_gets_c001_and_leaks_nothing(start_node,
         wait_until(lambda: not kept(), timeout=30)
     except AssertionError:
         raise AssertionError(f"descriptors opened and kept: {kept()}") from None
+    pooled = {name: count for name, count in open_files(pid).items()
+              if name.startswith(database)}
+    assert sum(pooled.values()) <= 3 * 5, pooled  # file, -wal and -shm, 5 connections at most
     assert not [name for name in open_files(pid) if "incoming" in name]
     assert list((node.data_dir / "incoming").iterdir()) == []
     events = audit_events(node, "instance-refused")

@@ -223,24 +223,23 @@ def test_empty_affected_sop_instance_uid_gets_c001_and_leaks_nothing(start_node,
 
     assert set(statuses) == {StoreStatus.UID_MISSING}
     assert echo(node.port) == "ok"
-    # The database's files aside: SQLAlchemy's pool keeps up to 5 connections open (two
-    # descriptors each), more of them when more threads write at once on a busy machine,
-    # which is how a bound of 5 more descriptors failed in CI. Sockets and other files come
-    # back to what they were; a leak stays, so the wait can be long.
+    # The database's files aside: SQLAlchemy's pool keeps up to 5 connections open (the
+    # file, -wal and -shm each), more of them when more threads write at once on a busy
+    # machine, which is how a bound of 5 more descriptors failed in CI. Sockets and other
+    # files come back to what they were; a leak stays, so the wait can be long.
     database = make_url(node.database_url).database
 
-    def kept() -> Counter:
-        return Counter({name: count for name, count in (open_files(pid) - before).items()
-                        if not name.startswith(database)})
+    def kept() -> dict[str, int]:
+        return {name: count for name, count in (open_files(pid) - before).items()
+                if not name.startswith(database)}
 
     try:
         wait_until(lambda: not kept(), timeout=30)
     except AssertionError:
         raise AssertionError(f"descriptors opened and kept: {kept()}") from None
-    pooled = {name: count for name, count in open_files(pid).items()
-              if name.startswith(database)}
-    assert sum(pooled.values()) <= 3 * 5, pooled  # file, -wal and -shm, 5 connections at most
-    assert not [name for name in open_files(pid) if "incoming" in name]
+    now = open_files(pid)
+    assert sum(count for name, count in now.items() if name.startswith(database)) <= 3 * 5, now
+    assert not [name for name in now if "incoming" in name]
     assert list((node.data_dir / "incoming").iterdir()) == []
     events = audit_events(node, "instance-refused")
     assert len(events) == 100 and "0xC001" in events[0].message
